@@ -1,0 +1,1 @@
+"""Sub-commands of `nas-zoo` (see nas_zoo.cli)."""

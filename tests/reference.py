@@ -1,0 +1,95 @@
+"""Reference fixtures: deterministic synthetic weights in the official key layout, and the logits the official
+code produced with them (tests/fixtures/<family>/<model>/, copied from the measured reference).
+
+The weight rules (numpy PCG64 seeded by the CRC32 of each key) are the fixtures' own; see `synth_tensor`.
+"""
+import argparse
+import json
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def synth_tensor(key, shape, dtype="float32"):
+    shape = tuple(int(s) for s in shape)
+    numel = int(np.prod(shape)) if shape else 1
+    if key.endswith("num_batches_tracked") or dtype.startswith("int"):
+        return np.zeros(shape, dtype=np.int64)
+    a = np.random.default_rng(zlib.crc32(key.encode())).random(numel) * 2.0 - 1.0
+    if key.endswith("running_var"):
+        v = 1.0 + 0.5 * np.abs(a)
+    elif key.endswith("running_mean"):
+        v = 0.1 * a
+    elif len(shape) == 1 and key.endswith("weight"):
+        v = 1.0 + 0.1 * a
+    elif len(shape) <= 1:
+        v = 0.1 * a
+    else:
+        v = a * np.sqrt(3.0 / (numel / shape[0]))
+    return v.reshape(shape).astype(np.float32)
+
+
+def synth_input(n=2, h=224, w=224, seed=0):
+    return torch.from_numpy((np.random.default_rng(seed).random((n, 3, h, w)) * 2.0 - 1.0).astype(np.float32))
+
+
+class Fixture:
+    def __init__(self, family, name):
+        self.dir = FIXTURES / family / name
+        self.name = name
+        self.facts = json.loads((self.dir / "facts.json").read_text())
+        self.keys = json.loads((self.dir / "state_keys.json").read_text())
+
+    def state_dict(self):
+        """Official-layout state dict: synthetic weights + calibrated BN running stats."""
+        sd = OrderedDict((k, torch.from_numpy(synth_tensor(k, s, d))) for k, s, d in self.keys)
+        stats = np.load(self.dir / "bn_stats.npz")
+        for k in stats.files:
+            sd[k] = torch.from_numpy(stats[k])
+        return sd
+
+    def logits(self, name="logits_224"):
+        return torch.from_numpy(np.load(self.dir / f"{name}.npy"))
+
+    def cases(self):
+        """(logits file stem, input) pairs available for this model."""
+        out = []
+        for f in sorted(self.dir.glob("logits_*.npy")):
+            stem = f.stem
+            if stem.endswith("_f64"):
+                continue
+            if stem == "logits_hold":
+                x = synth_input(1, 192, 192, seed=7)
+            else:
+                size = int(stem.rsplit("_", 1)[1])
+                x = synth_input(2, size, size, seed=0)
+            out.append((stem, x))
+        return out
+
+
+def official_dna_checkpoint(sd):
+    """As DNA's retraining/train.py (timm 0.1.14 CheckpointSaver) saved it; the EMA copy differs on purpose."""
+    ema = OrderedDict((k, v + 1.0 if v.is_floating_point() else v) for k, v in sd.items())
+    return {"epoch": 499, "arch": "DNA", "state_dict": sd, "optimizer": {"state": {}, "param_groups": []},
+            "args": argparse.Namespace(model="DNA_a", lr=0.048, model_ema=True), "version": 2,
+            "state_dict_ema": ema, "metric": 77.1}
+
+
+def official_cream_checkpoint(sd):
+    """As Cream's timm 0.1.20 CheckpointSaver saved it: args is a yacs CfgNode; EMA is what test.py evaluates."""
+    from yacs.config import CfgNode
+
+    args = CfgNode({"MODEL": "Childnet", "NET": CfgNode({"SELECTION": 14}), "LR": 0.012})
+    plain = OrderedDict(("module." + k, v + 1.0 if v.is_floating_point() else v) for k, v in sd.items())
+    return {"epoch": 499, "arch": "Childnet", "state_dict": plain, "optimizer": {}, "args": args, "version": 2,
+            "state_dict_ema": sd, "metric": 79.9}
+
+
+def official_cdarts_checkpoint(sd):
+    """The CDARTS detection/segmentation code reads checkpoint['state_dict'] (bare ChildNet keys)."""
+    return {"epoch": 249, "arch": "ChildNet", "state_dict": sd}
