@@ -17,8 +17,9 @@ __all__ = ["ArchEntry", "EntryError", "CheckpointError", "WeightsNotFoundError",
 
 
 def _register_all() -> None:
-    from .registry import register_builtin_entries, register_env_directories
+    from .registry import register_builtin_entries, register_env_directories, register_family_entrypoints
 
+    register_family_entrypoints()
     register_builtin_entries()
     register_env_directories()
 

@@ -14,19 +14,27 @@ from .entry import ArchEntry, EntryError, load_entry
 from .families import get_family
 
 __all__ = ["register_entry", "register_directory", "get_entry", "list_entries", "create_from_entry",
-           "ENTRIES_ENV", "builtin_entry_dir"]
+           "ENTRIES_ENV", "builtin_entry_dir", "family_architecture", "adopt_entry", "ENTRY_ARG"]
 
 ENTRIES_ENV = "NAS_ZOO_ENTRIES"
 # cfg fields of ours that timm's PretrainedCfg does not know; kept in the entry, read by nas_zoo.weights
 OUR_CFG_KEYS = ("official_weights", "official_download", "official_note")
+
+# the model argument that carries a whole entry (config.json `model_args` of a converted folder)
+ENTRY_ARG = "nas_zoo_entry"
 
 default_cfgs: Dict[str, object] = {}  # read by timm.register_model, as in timm's own model modules
 _ENTRIES: Dict[str, ArchEntry] = {}
 
 
 def builtin_entry_dir() -> Path:
-    from importlib.resources import files
-    return Path(str(files("nas_zoo.configs") / "models"))
+    try:
+        from importlib.resources import files
+        return Path(str(files("nas_zoo.configs") / "models"))
+    except ModuleNotFoundError:
+        # a plain checkout on sys.path (torch.hub, PYTHONPATH): `nas_zoo.configs` is only mapped onto the
+        # top-level configs/ by an installation, so read the directory beside the package directly
+        return Path(__file__).resolve().parent.parent / "configs" / "models"
 
 
 def _timm_cfgs(entry: ArchEntry) -> dict:
@@ -44,6 +52,9 @@ def _make_entrypoint(entry: ArchEntry):
     name = entry.name
 
     def entrypoint(pretrained: bool = False, **kwargs):
+        given = kwargs.pop(ENTRY_ARG, None)
+        if given is not None:  # a config.json written under this name may carry the entry its weights fit
+            return _create_from_given_entry(given, pretrained, None, name, kwargs)
         return create_from_entry(name, pretrained=pretrained, **kwargs)
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
@@ -90,6 +101,76 @@ def register_entry(obj: Union[str, os.PathLike, Mapping, ArchEntry], replace: bo
     return name
 
 
+def family_architecture(family: str) -> str:
+    """The timm name of a family's generic entrypoint, which builds any entry of the family given as data."""
+    return f"nas_zoo_{family}"
+
+
+def _make_family_entrypoint(family: str):
+    arch_name = family_architecture(family)
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        given = kwargs.pop(ENTRY_ARG, None)
+        if given is None:
+            raise EntryError(f"timm model '{arch_name}'", f"model_args.{ENTRY_ARG}",
+                             f"missing: '{arch_name}' builds an architecture given as data; pass {ENTRY_ARG}="
+                             "<entry mapping> (config.json of a folder written by `nas-zoo convert` holds it)")
+        return _create_from_given_entry(given, pretrained, family, arch_name, kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = arch_name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = (f"Any '{family}'-family architecture, given as an entry mapping in `{ENTRY_ARG}`.\n"
+                          "This is what `timm.create_model('hf-hub:ORG/NAME')` calls for a folder written by "
+                          "`nas-zoo convert`, so a searched model loads where its entry is not registered.")
+    return entrypoint
+
+
+def _create_from_given_entry(given, pretrained: bool, family: Optional[str], called_as: str, kwargs: dict):
+    cfg = kwargs.get("pretrained_cfg")
+    hub_id = cfg.get("hf_hub_id") if isinstance(cfg, Mapping) else None
+    origin = f"hf-hub:{hub_id} " if hub_id else ""
+    source = f"{origin}config.json model_args.{ENTRY_ARG}"
+    if isinstance(given, ArchEntry):
+        given = given.to_dict()
+    entry = adopt_entry(given, source=source)
+    if family is not None and entry.family != family:
+        raise EntryError(source, "family", f"'{called_as}' builds family '{family}', the entry is "
+                                           f"'{entry.family}'; expected architecture "
+                                           f"'{family_architecture(entry.family)}'")
+    return create_from_entry(entry, pretrained=pretrained, **kwargs)
+
+
+def adopt_entry(obj: Union[Mapping, ArchEntry], source: Optional[str] = None) -> ArchEntry:
+    """The entry that weights travelling with `obj` fit: the registered one when its architecture is the same,
+    else `obj` itself, registered on the fly when its name is free (so later lookups by name work)."""
+    entry = obj if isinstance(obj, ArchEntry) else load_entry(obj, source=source)
+    known = _ENTRIES.get(entry.name)
+    if known is not None:
+        same = known.family == entry.family and known.arch == entry.arch
+        return known if same else entry  # a different entry owns the name here: build this one unregistered
+    if timm.is_model(entry.name):
+        return entry
+    register_entry(entry)
+    return entry
+
+
+def register_family_entrypoints() -> List[str]:
+    """One generic timm entrypoint per family (`nas_zoo_<family>`), so config.json can name an architecture
+    that the loading machine has never registered."""
+    from .families import family_names
+
+    names = []
+    for family in family_names():
+        arch_name = family_architecture(family)
+        if arch_name not in _FAMILY_ENTRYPOINTS:
+            _FAMILY_ENTRYPOINTS[arch_name] = register_model(_make_family_entrypoint(family))
+        names.append(arch_name)
+    return names
+
+
+_FAMILY_ENTRYPOINTS: Dict[str, object] = {}
+
+
 def register_directory(directory: Union[str, os.PathLike]) -> List[str]:
     """Register every ``*.yaml`` entry in a directory (sorted by file name)."""
     directory = Path(directory)
@@ -121,30 +202,52 @@ def list_entries(family: Optional[str] = None) -> List[ArchEntry]:
 _REFERENCE_KEYS: Dict[str, Dict[str, tuple]] = {}
 
 
-def reference_state_shapes(name: str) -> Dict[str, tuple]:
+def _is_registered(entry: ArchEntry) -> bool:
+    return _ENTRIES.get(entry.name) is entry
+
+
+def reference_state_shapes(entry: Union[str, ArchEntry]) -> Dict[str, tuple]:
     """Key -> shape of the entry's model as released (default head), built on the meta device (no memory)."""
-    if name not in _REFERENCE_KEYS:
-        entry = _ENTRIES[name]
+    entry = _ENTRIES[entry] if isinstance(entry, str) else entry
+    cached = _is_registered(entry)
+    if not cached or entry.name not in _REFERENCE_KEYS:
         with torch.device("meta"):
             model = get_family(entry.family).build(entry, pretrained=False,
-                                                   pretrained_cfg=resolve_pretrained_cfg(name).to_dict())
-        _REFERENCE_KEYS[name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return _REFERENCE_KEYS[name]
+                                                   pretrained_cfg=_resolve_cfg(entry, None, None))
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if not cached:
+            return shapes
+        _REFERENCE_KEYS[entry.name] = shapes
+    return _REFERENCE_KEYS[entry.name]
 
 
-def create_from_entry(name: str, pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
-                      cache_dir=None, use_ema: Optional[bool] = None, **kwargs) -> torch.nn.Module:
-    """Build a registered entry; with ``pretrained`` its weights are resolved by `nas_zoo.weights`.
+def _resolve_cfg(entry: ArchEntry, pretrained_cfg, pretrained_cfg_overlay) -> dict:
+    """timm's pretrained-cfg resolution; an unregistered entry looks its tags up in its own cfgs."""
+    if not _is_registered(entry) and not isinstance(pretrained_cfg, Mapping):
+        own = _timm_cfgs(entry)
+        tag = pretrained_cfg if isinstance(pretrained_cfg, str) and pretrained_cfg else own.tags[0]
+        if tag not in own.cfgs:
+            raise EntryError(entry.source, "pretrained", f"no pretrained tag {tag!r}; expected one of "
+                                                         f"{list(own.cfgs)}")
+        pretrained_cfg = {**own.cfgs[tag].to_dict(), "architecture": entry.name, "tag": tag or None}
+    return resolve_pretrained_cfg(entry.name, pretrained_cfg=pretrained_cfg,
+                                  pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
+
+
+def create_from_entry(entry: Union[str, ArchEntry], pretrained: bool = False, pretrained_cfg=None,
+                      pretrained_cfg_overlay=None, cache_dir=None, use_ema: Optional[bool] = None,
+                      **kwargs) -> torch.nn.Module:
+    """Build an entry (a registered name, or an ArchEntry, registered or not); with ``pretrained`` its weights
+    are resolved by `nas_zoo.weights`.
 
     use_ema: which weights to take from an official checkpoint that has both (None: what the official
     evaluation used, as the entry records it).
     """
     from .weights import load_pretrained_state_dict
 
-    entry = _ENTRIES[name]
+    entry = _ENTRIES[entry] if isinstance(entry, str) else entry
     family = get_family(entry.family)
-    cfg = resolve_pretrained_cfg(name, pretrained_cfg=pretrained_cfg,
-                                 pretrained_cfg_overlay=pretrained_cfg_overlay).to_dict()
+    cfg = _resolve_cfg(entry, pretrained_cfg, pretrained_cfg_overlay)
     if pretrained:
         state_dict = load_pretrained_state_dict(entry, cfg, cache_dir=cache_dir, use_ema=use_ema)
         # timm loads cfg['state_dict'] first; a tiny placeholder there keeps timm from copying the weights

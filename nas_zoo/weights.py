@@ -1,7 +1,8 @@
 """Where `pretrained=True` weights come from, in order:
 
 1. an explicit file (``pretrained_cfg_overlay=dict(file=PATH)``): an official checkpoint exactly as its training
-   code saved it, a bare state dict, or a safetensors file in our key layout;
+   code saved it, a bare state dict, a safetensors file in our key layout, or a folder written by
+   ``nas-zoo convert`` (its ``model.safetensors``; also what timm's ``local-dir:`` source passes);
 2. the entry's Hugging Face hub id (``nas-zoo/<name>.<tag>``, ``@revision`` pins a revision), which includes the
    local HF cache, so ``HF_HUB_OFFLINE=1`` works once the weights were downloaded or seeded.
 
@@ -18,9 +19,12 @@ from .checkpoint import CheckpointError, check_state_dict, extract_state_dict, r
 from .entry import ArchEntry
 from .families import get_family
 
-__all__ = ["WeightsNotFoundError", "load_pretrained_state_dict", "load_official_checkpoint", "split_hub_id"]
+__all__ = ["WeightsNotFoundError", "load_pretrained_state_dict", "load_official_checkpoint", "split_hub_id",
+           "weights_file_in", "official_state_dict"]
 
 HF_WEIGHTS_FILE = "model.safetensors"
+# what a model folder may hold, in the order timm's local-dir loader prefers them
+FOLDER_WEIGHT_FILES = (HF_WEIGHTS_FILE, "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
 
 class WeightsNotFoundError(RuntimeError):
@@ -38,38 +42,70 @@ def official_use_ema(entry: ArchEntry, tag: Optional[str]) -> Optional[bool]:
     return None if choice is None else choice == "state_dict_ema"
 
 
+def weights_file_in(folder) -> Path:
+    """The weights file of a model folder (``model.safetensors`` first, as timm's local-dir loader)."""
+    folder = Path(folder)
+    for name in FOLDER_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder}: a model folder needs one of {list(FOLDER_WEIGHT_FILES)}; "
+                          f"it has {sorted(p.name for p in folder.iterdir())[:10]}")
+
+
 def load_official_checkpoint(entry: ArchEntry, path, use_ema: Optional[bool] = None,
                              tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Read a checkpoint file in any accepted format and return a state dict in our key layout, checked
-    against the entry's architecture."""
+    """Read a checkpoint file (or a model folder) in any accepted format and return a state dict in our key
+    layout, checked against the entry's architecture."""
+    return official_state_dict(entry, path, use_ema=use_ema, tag=tag)[0]
+
+
+def official_state_dict(entry: ArchEntry, path, use_ema: Optional[bool] = None,
+                        tag: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], str]:
+    """`load_official_checkpoint`, also returning where in the file the weights were found
+    (e.g. 'state_dict_ema', '<bare state dict>')."""
     from .registry import reference_state_shapes
 
+    if Path(path).is_dir():
+        path = weights_file_in(path)
     obj = read_checkpoint(path)
     if use_ema is None:
         # the copy the official evaluation used, when the file has it; otherwise whatever weights it holds
         preferred = official_use_ema(entry, tag)
         try:
-            state_dict, _ = extract_state_dict(obj, use_ema=preferred, source=str(path))
+            state_dict, key = extract_state_dict(obj, use_ema=preferred, source=str(path))
         except CheckpointError:
-            state_dict, _ = extract_state_dict(obj, use_ema=None, source=str(path))
+            state_dict, key = extract_state_dict(obj, use_ema=None, source=str(path))
     else:
-        state_dict, _ = extract_state_dict(obj, use_ema=use_ema, source=str(path))
+        state_dict, key = extract_state_dict(obj, use_ema=use_ema, source=str(path))
     state_dict = get_family(entry.family).adapt_state_dict(state_dict, entry)
-    check_state_dict(state_dict, reference_state_shapes(entry.name), entry.name, source=str(path))
-    return state_dict
+    check_state_dict(state_dict, reference_state_shapes(entry), entry.name, source=str(path))
+    return state_dict, key
 
 
-def _how_to_get(entry: ArchEntry, tag: Optional[str]) -> str:
+def _cache_repo_folder(path) -> Path:
+    """models--ORG--NAME of a file inside the HF cache (snapshots/<commit>/<file>), else the file itself."""
+    path = Path(path)
+    for parent in path.parents:
+        if parent.name.startswith("models--"):
+            return parent
+    return path
+
+
+def _how_to_get(entry: ArchEntry, tag: Optional[str], hub_id: Optional[str]) -> str:
     cfg = entry.pretrained.get(tag or "", {})
     lines = []
     if cfg.get("official_download"):
         lines.append(f"  download the official checkpoint: {cfg['official_download']}")
         lines.append(f"  then load it directly: timm.create_model('{entry.name}', pretrained=True, "
                      "pretrained_cfg_overlay=dict(file='PATH'))")
-        lines.append(f"  or convert it once for the hub layout: nas-zoo convert {entry.name} PATH --out DIR")
+        lines.append(f"  or convert it once: nas-zoo convert {entry.name} PATH --out DIR, then pass file='DIR' "
+                     "the same way" + (f", or publish DIR: nas-zoo push DIR --repo-id {split_hub_id(hub_id)[0]}"
+                                       if hub_id else ""))
     else:
         lines.append(f"  pass a checkpoint: timm.create_model('{entry.name}', pretrained=True, "
                      "pretrained_cfg_overlay=dict(file='PATH'))")
+    if hub_id:
+        lines.append("  weights already downloaded elsewhere: point HF_HUB_CACHE (or cache_dir=) at that cache")
     return "\n".join(lines)
 
 
@@ -78,26 +114,39 @@ def load_pretrained_state_dict(entry: ArchEntry, cfg: dict, cache_dir=None,
     tag = cfg.get("tag")
     if cfg.get("file"):
         return load_official_checkpoint(entry, cfg["file"], use_ema=use_ema, tag=tag)
-    tried: List[str] = []
+    tried: List[str] = ["  an explicit file: none given (pretrained_cfg_overlay=dict(file=PATH))"]
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
         path, why = _hub_file(hub_id, cfg.get("hf_hub_filename") or HF_WEIGHTS_FILE, cache_dir)
         if path is not None:
-            return load_official_checkpoint(entry, path, use_ema=False, tag=tag)
-        tried.append(f"  Hugging Face hub '{hub_id}' (and the local HF cache): {why}")
-    if not tried:
-        tried.append("  the entry names no weight source (no hf_hub_id, no file)")
+            try:
+                return load_official_checkpoint(entry, path, use_ema=False, tag=tag)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}\n(from the Hugging Face hub '{hub_id}': the copy in the local HF "
+                                      f"cache may be damaged; delete {_cache_repo_folder(path)} to download it "
+                                      "again)") from None
+        tried.append(f"  the Hugging Face hub '{hub_id}' and the local HF cache ({_cache_location(cache_dir)}): "
+                     f"{why}")
+    else:
+        tried.append("  the Hugging Face hub: the entry names no hf_hub_id")
     raise WeightsNotFoundError(
         f"no pretrained weights found for '{entry.name}" + (f".{tag}'" if tag else "'") + ". Looked in:\n"
-        + "\n".join(tried) + "\nTo get them:\n" + _how_to_get(entry, tag))
+        + "\n".join(tried) + "\nTo get them:\n" + _how_to_get(entry, tag, hub_id))
+
+
+def _cache_location(cache_dir=None) -> str:
+    if cache_dir:
+        return str(cache_dir)
+    from huggingface_hub import constants
+    return constants.HF_HUB_CACHE
 
 
 def _hub_file(hub_id: str, filename: str, cache_dir=None) -> Tuple[Optional[Path], str]:
     """Download (or find in the cache) one file of a hub repo; (path, '') or (None, why not)."""
     try:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
-                                            OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.utils import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
+                                           OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         return None, f"huggingface_hub is not importable ({e})"
     repo_id, revision = split_hub_id(hub_id)

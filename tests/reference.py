@@ -93,3 +93,27 @@ def official_cream_checkpoint(sd):
 def official_cdarts_checkpoint(sd):
     """The CDARTS detection/segmentation code reads checkpoint['state_dict'] (bare ChildNet keys)."""
     return {"epoch": 249, "arch": "ChildNet", "state_dict": sd}
+
+
+# How to make the official checkpoint of a zoo model: name -> () -> the object its training code saved
+# (synthetic fixture weights). The weights round-trip tests (tests/test_weights_roundtrip.py) run over every
+# registered model listed here; a family adds its models with `register_official_checkpoints`.
+OFFICIAL_CHECKPOINTS = {}
+
+
+def register_official_checkpoints(fixture_family, names, wrap):
+    for name in names:
+        OFFICIAL_CHECKPOINTS[name] = (lambda n=name: wrap(Fixture(fixture_family, n).state_dict()))
+
+
+def write_official_checkpoint(name, directory):
+    """The official checkpoint of `name` as a file in `directory` (what the authors' download gives)."""
+    path = Path(directory) / f"{name}.pth.tar"
+    torch.save(OFFICIAL_CHECKPOINTS[name](), path)
+    return path
+
+
+register_official_checkpoints("dna", ["dna_a", "dna_b", "dna_c", "dna_d"], official_dna_checkpoint)
+register_official_checkpoints("cream", ["cream_14", "cream_43", "cream_114", "cream_287", "cream_481",
+                                        "cream_604"], official_cream_checkpoint)
+register_official_checkpoints("cream", ["cdarts_a", "cdarts_b"], official_cdarts_checkpoint)

@@ -1,0 +1,232 @@
+"""`nas-zoo plot`: ImageNet top-1 against MACs and parameters for the zoo and your own entries (PNG).
+
+MACs and parameters are counted (conv+linear MACs at each model's eval resolution, as `nas-zoo list`); top-1 is
+the paper's, or a number of yours (an entry's ``paper.top1``, or ``--top1 NAME=VALUE`` from `nas-zoo validate`).
+Needs matplotlib: ``pip install nas-zoo[plot]``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plot", help="accuracy vs MACs and params of the zoo plus your entries, as a PNG",
+                       description="Plot ImageNet top-1 against counted MACs and parameters for every registered "
+                                   "zoo model, plus any entries you add, so you can see where a searched model "
+                                   "lands. Entries without a top-1 are drawn as a vertical line at their cost.")
+    p.add_argument("--out", default="nas_zoo.png", help="PNG file to write (default: nas_zoo.png)")
+    p.add_argument("--entries", nargs="*", default=[], metavar="PATH",
+                   help="entry YAML files or directories of them to highlight (NAS_ZOO_ENTRIES ones are "
+                        "highlighted too)")
+    p.add_argument("--top1", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="top-1 for a model, e.g. from `nas-zoo validate` (overrides the paper's)")
+    p.add_argument("--family", help="only entries of this family")
+    p.add_argument("--dpi", type=int, default=150)
+    p.set_defaults(func=run)
+
+
+def collect(user_paths: List[str], top1_overrides: Dict[str, float], family: Optional[str] = None) -> List[dict]:
+    """One record per model: name, method, params, macs, top1 (None when unknown), user (highlighted)."""
+    from ..registry import ENTRIES_ENV, builtin_entry_dir, list_entries, register_directory, register_entry
+    from .zoo import measure
+
+    user = set()
+    for path in user_paths:
+        path = Path(path)
+        user.update(register_directory(path) if path.is_dir() else [register_entry(path)])
+    builtin = {p.stem for p in builtin_entry_dir().glob("*.yaml")}
+    env_dirs = [d for d in os.environ.get(ENTRIES_ENV, "").split(os.pathsep) if d.strip()]
+    user.update(p.stem for d in env_dirs for p in Path(d).glob("*.yaml"))
+    records = []
+    for entry in sorted(list_entries(family), key=lambda e: e.name):
+        cost = measure(entry)
+        top1 = top1_overrides.get(entry.name, entry.paper.get("top1"))
+        records.append({"name": entry.name, "method": str(entry.provenance.get("method") or entry.family),
+                        "params": cost["params"] / 1e6, "macs": cost["macs"] / 1e6,
+                        "res": cost["input_size"][-1], "top1": top1,
+                        "user": entry.name in user or entry.name not in builtin})
+    return records
+
+
+def draw(records: List[dict], out: str, dpi: int = 150) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = sorted({r["method"] for r in records if not r["user"]})
+    colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True, constrained_layout=True)
+    scored = [r for r in records if r["top1"] is not None]
+    panels = ((axes[0], "macs", "MACs (M, conv+linear, counted at eval resolution; log scale)"),
+              (axes[1], "params", "parameters (M, log scale)"))
+    for ax, key, label in panels:
+        _draw_series(ax, records, key, methods, colors, big=True)
+        _log_axis(ax, [r[key] for r in records])
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("ImageNet top-1 (%)")
+    axes[0].legend(loc="upper left", fontsize=9, title="searched by")
+    fig.suptitle("nas-zoo: accuracy vs cost (top-1 as reported by the papers unless given)", fontsize=12)
+    fig.canvas.draw()
+    fig.set_layout_engine("none")  # freeze the layout: label boxes measured from now on stay where they are
+    for ax, _, _ in panels:  # and the limits: zoom indicators must not rescale the axes
+        ax.set_xlim(ax.get_xlim())
+        ax.set_ylim(ax.get_ylim())
+    for ax, key, _ in panels:
+        crowded = _place_labels(fig, ax, scored, key, first_only=True)
+        if not crowded:
+            _place_labels(fig, ax, scored, key)
+            continue
+        # a dense cluster: label it in a zoomed inset
+        box = _zoom_box(crowded, key, ax.get_xlim(), ax.get_ylim())
+        inset = ax.inset_axes(_free_corner(ax, scored, key))
+        _draw_series(inset, records, key, methods, colors, big=False)
+        inset.set_xlim(box[0], box[1])
+        inset.set_ylim(box[2], box[3])
+        _log_axis(inset, [box[0], box[1]])
+        inset.tick_params(labelsize=7)
+        ax.indicate_inset_zoom(inset, edgecolor="0.4")
+        fig.canvas.draw()
+        inside = [r for r in scored if box[0] <= r[key] <= box[1] and box[2] <= r["top1"] <= box[3]]
+        covered = inset.get_tightbbox(fig.canvas.get_renderer())
+        _place_labels(fig, ax, [r for r in scored if r not in inside], key,
+                      avoid=[(covered.x0, covered.y0, covered.x1, covered.y1)])
+        _place_labels(fig, inset, inside, key)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def _draw_series(ax, records, key, methods, colors, big: bool) -> None:
+    for method in methods:
+        pts = sorted((r for r in records if r["method"] == method and not r["user"] and r["top1"] is not None),
+                     key=lambda r: r[key])
+        ax.plot([r[key] for r in pts], [r["top1"] for r in pts], "o-", color=colors[method], lw=1.2,
+                ms=6 if big else 5, alpha=0.85, label=method)
+    mine = [r for r in records if r["user"] and r["top1"] is not None]
+    if mine:
+        ax.scatter([r[key] for r in mine], [r["top1"] for r in mine], marker="*", s=260 if big else 160,
+                   color="crimson", edgecolor="black", linewidth=0.6, zorder=5, label="your entries")
+    for r in records:
+        if r["top1"] is None:  # a searched model without a measured accuracy yet: show where its cost lands
+            ax.axvline(r[key], color="crimson", ls="--", lw=1)
+            if not big:
+                continue
+            # named just above the axes, where no marker or label can hide it
+            ax.annotate(f"{r['name']}: no top-1 yet", (r[key], 1.0), xycoords=("data", "axes fraction"),
+                        textcoords="offset points", xytext=(0, 2), fontsize=8, color="crimson",
+                        ha="center", va="bottom", annotation_clip=False)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _log_axis(ax, values) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    shown = "23456789" if max(values) / min(values) < 20 else "25"  # more minor labels on a short axis
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _, shown=shown: f"{v:g}" if f"{v:g}"[0] in shown
+                                               else ""))
+
+
+# where a zoomed inset may go (axes fractions: x0, y0, width, height), in order of preference
+_INSET_PLACES = ([0.53, 0.05, 0.45, 0.44], [0.07, 0.05, 0.45, 0.44], [0.07, 0.50, 0.45, 0.44],
+                 [0.53, 0.50, 0.45, 0.44])
+
+
+def _free_corner(ax, scored: List[dict], key: str) -> list:
+    """The first inset place that covers no marker (else the first)."""
+    to_axes = ax.transAxes.inverted()
+    points = [to_axes.transform(ax.transData.transform((r[key], r["top1"]))) for r in scored]
+    for x0, y0, w, h in _INSET_PLACES:
+        if not any(x0 - 0.02 <= px <= x0 + w + 0.02 and y0 - 0.02 <= py <= y0 + h + 0.02 for px, py in points):
+            return [x0, y0, w, h]
+    return _INSET_PLACES[0]
+
+
+def _zoom_box(crowded: List[dict], key: str, xlim, ylim):
+    xs, ys = [r[key] for r in crowded], [r["top1"] for r in crowded]
+    return (max(min(xs) / 1.12, xlim[0] * 1.001), min(max(xs) * 1.12, xlim[1] / 1.001),
+            max(min(ys) - 0.5, ylim[0] + 0.01), min(max(ys) + 0.5, ylim[1] - 0.01))
+
+
+# label offsets (points) tried in turn; the first that overlaps no other label and no marker wins
+_OFFSETS = [(6, -4), (6, 6), (6, -14), (-6, 6), (-6, -14), (6, 16), (6, -24), (-6, 16), (-6, -24), (6, 26),
+            (6, -34), (-6, 26), (-6, -34)]
+
+
+def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = False,
+                  avoid=()) -> List[dict]:
+    """Greedy label placement, so clusters stay readable without a label-placement package. With `first_only`
+    nothing is drawn: returns the records whose label does not fit beside its marker (the crowded ones)."""
+    renderer = fig.canvas.get_renderer()
+    markers = [ax.transData.transform((r[key], r["top1"])) for r in records]
+    taken = [(x - 4, y - 4, x + 4, y + 4) for x, y in markers] + list(avoid)
+    frame = ax.get_window_extent(renderer)  # labels stay inside their axes
+    crowded = []
+    order = sorted(range(len(records)), key=lambda i: (-records[i]["user"], records[i][key]))
+    for i in order:
+        r = records[i]
+        text = r["name"] + (f" @{r['res']}" if r["res"] != 224 else "")
+        for dx, dy in _OFFSETS:
+            label = ax.annotate(text, (r[key], r["top1"]), textcoords="offset points", xytext=(dx, dy),
+                                ha="left" if dx > 0 else "right", fontsize=8,
+                                color="crimson" if r["user"] else "0.2",
+                                arrowprops=None if (dx, dy) == _OFFSETS[0] else
+                                dict(arrowstyle="-", color="0.6", lw=0.5))
+            box = label.get_window_extent(renderer)
+            rect = (box.x0, box.y0, box.x1, box.y1)
+            fits = (frame.x0 <= rect[0] and rect[2] <= frame.x1 and frame.y0 <= rect[1] and rect[3] <= frame.y1
+                    and not any(_overlap(rect, t) for t in taken))
+            if first_only:
+                label.remove()
+                if fits:
+                    taken.append(rect)
+                else:
+                    crowded.append(r)
+                break
+            if fits or (dx, dy) == _OFFSETS[-1]:
+                taken.append(rect)
+                break
+            label.remove()
+    return crowded
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def parse_top1(items: List[str]) -> Dict[str, float]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--top1 {item!r}: expected NAME=VALUE with a number, e.g. dna_a=77.1") from None
+        if not sep or not name:
+            raise ValueError(f"--top1 {item!r}: expected NAME=VALUE, e.g. dna_a=77.1")
+    return out
+
+
+def run(args) -> int:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("nas-zoo plot: error: needs matplotlib: pip install 'nas-zoo[plot]'", file=sys.stderr)
+        return 2
+    try:
+        top1 = parse_top1(args.top1)
+    except ValueError as e:
+        print(f"nas-zoo plot: error: {e}", file=sys.stderr)
+        return 2
+    records = collect(args.entries, top1, args.family)
+    path = draw(records, args.out, dpi=args.dpi)
+    print(f"wrote {path} ({len(records)} models)")
+    return 0
