@@ -25,11 +25,13 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import torch
+from torch import nn
 
-from nas_zoo.cost import count_macs, count_params
+from nas_zoo.cost import _to_meta, count_macs, count_params
 
 __all__ = ["CostTable", "CostTableError", "ChoiceLayer", "FixedPart", "OpSpec", "count_params", "count_macs",
            "measure_cost_tables", "measure_op", "chain_layers", "fixed_parts", "timm_block", "METRICS", "UNITS"]
@@ -276,7 +278,7 @@ def _plain(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------------------------
 # Measuring ops
 
-OpSpec = Union[str, Callable[[], "torch.nn.Module"]]  # noqa: F821  (a timm block string or a module factory)
+OpSpec = Union[str, Callable[[], nn.Module]]  # a timm block string or a module factory
 
 
 @dataclass(frozen=True)
@@ -301,13 +303,13 @@ class ChoiceLayer:
 class FixedPart:
     """A part of the network outside the searched layers (stem, fixed stages, head) and its input size."""
 
-    module: Union["torch.nn.Module", Callable[[], "torch.nn.Module"]]  # noqa: F821
+    module: Union[nn.Module, Callable[[], nn.Module]]
     input_size: Tuple[int, ...]
 
 
 def timm_block(block_str: str, in_chs: int, *, act_layer: str = "swish", bn_eps: float = 1e-5,
                se_layer: Optional[Mapping] = None, se_from_exp: bool = False, pad_type: str = "",
-               channel_multiplier: float = 1.0, device: Any = None) -> "torch.nn.Module":  # noqa: F821
+               channel_multiplier: float = 1.0, device: Any = None) -> nn.Module:
     """One timm EfficientNet block from its string, built exactly as the `efficientnet` family builds it."""
     from timm.models._efficientnet_blocks import SqueezeExcite  # EfficientNet's default SE
     from timm.models._efficientnet_builder import EfficientNetBuilder, _decode_block_str
@@ -333,8 +335,6 @@ def timm_block(block_str: str, in_chs: int, *, act_layer: str = "swish", bn_eps:
 
 
 def _build(op: OpSpec, input_size: Tuple[int, ...], device: Any, block_kwargs: Mapping):
-    import torch
-
     if isinstance(op, str):
         return timm_block(op, input_size[0], device=device, **block_kwargs)
     if isinstance(op, torch.nn.Module):  # measured on a copy: the caller's module stays where it is
@@ -348,10 +348,9 @@ def _build(op: OpSpec, input_size: Tuple[int, ...], device: Any, block_kwargs: M
     raise TypeError(f"an op is a timm block string or a factory returning an nn.Module, got {op!r}")
 
 
-def measure_latency(module: "torch.nn.Module", input_size: Sequence[int], device: Any = "cpu",  # noqa: F821
+def measure_latency(module: nn.Module, input_size: Sequence[int], device: Any = "cpu",
                     batch_size: int = 1, min_run_time: float = 0.2) -> float:
     """Median forward time in milliseconds (eval mode, no autograd) on `device`, after a warm-up."""
-    import torch
     from torch.utils.benchmark import Timer
 
     module = module.to(device).eval()
@@ -387,9 +386,8 @@ def measure_op(op: OpSpec, input_size: Sequence[int], metrics: Sequence[str] = (
     return out
 
 
-def _meta_copy(module):
-    from nas_zoo.cost import _to_meta
-    return _to_meta(module)
+def _meta_copy(module: nn.Module) -> nn.Module:
+    return _to_meta(module)  # a structural copy on the meta device (the module itself if already there)
 
 
 def _check_metrics(metrics: Sequence[str]) -> None:
@@ -401,8 +399,6 @@ def _check_metrics(metrics: Sequence[str]) -> None:
 
 
 def _output_size(op: OpSpec, input_size: Tuple[int, ...], block_kwargs: Mapping) -> Tuple[int, ...]:
-    import torch
-
     module = _build(op, input_size, "meta", block_kwargs).eval()
     with torch.no_grad():
         y = module(torch.zeros((1, *input_size), device="meta"))
@@ -431,11 +427,9 @@ def chain_layers(stages: Sequence[Sequence[Sequence[OpSpec]]], input_size: Seque
     return out
 
 
-def fixed_parts(model: "torch.nn.Module", input_size: Sequence[int], names: Sequence[str]) -> List[FixedPart]:  # noqa: F821
+def fixed_parts(model: nn.Module, input_size: Sequence[int], names: Sequence[str]) -> List[FixedPart]:
     """The named submodules of `model` (e.g. ``['conv_stem', 'bn1', 'blocks.0', 'conv_head', 'bn2',
     'global_pool', 'classifier']``) with the input sizes they see in one forward pass (traced on the meta device)."""
-    import torch
-
     meta = _meta_copy(model).eval()
     modules = dict(meta.named_modules())
     missing = [n for n in names if n not in modules]
@@ -470,8 +464,6 @@ def measure_cost_tables(stages: Sequence[Sequence[ChoiceLayer]], metrics: Sequen
 
     `fixed` is the rest of the network, as `FixedPart`s to measure (see `fixed_parts`) or as a number per metric.
     """
-    import torch
-
     _check_metrics(metrics)
     block_kwargs = dict(block_kwargs or {})
     device = torch.device(device)
@@ -517,8 +509,6 @@ def measure_cost_tables(stages: Sequence[Sequence[ChoiceLayer]], metrics: Sequen
 
 
 def _device_name(device) -> str:
-    import torch
-
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     import platform

@@ -1,6 +1,7 @@
 """Cost lookup tables (nas_zoo.search.cost): a child network priced by table lookup costs exactly what counting it
 whole gives (MACs and parameters), for timm-block spaces (DNA, Cream) and module-factory spaces (SPOS)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,3 +183,24 @@ def test_depth_specific_rows():
     with pytest.raises(CostTableError, match=r"defines depths \[1, 2\]; no rows for depth 3"):
         table.price([[0, 0, 0]])
     assert table.to_dict() == {"stages": [{"1": [[1, 2]], "2": [[10, 20], [30, 40]]}], "fixed": 5}
+
+
+def test_dna_c_priced_from_the_dna_space_table():
+    """DNA-c read off a MACs/params table of the official DNA search space (B0 widths, 2/4/4/4/4/1 layers, ops in
+    PRIMITIVES order) costs what the reference measured on the released model (tests/fixtures/dna/dna_c)."""
+    facts = json.loads((Path(__file__).parent / "fixtures" / "dna" / "dna_c" / "facts.json").read_text())
+    prims = [(6, 3), (6, 5), (6, 7), (3, 3), (3, 5), (3, 7)]
+    cfg = [(24, 2, 2), (40, 2, 4), (80, 2, 4), (112, 1, 4), (192, 2, 4), (320, 1, 1)]
+    stages = [[[f"ir_r1_k{k}_s{s if l == 0 else 1}_e{e}_c{c}_se0.25" for e, k in prims] for l in range(n)]
+              for c, s, n in cfg]
+    arch = {"model": "efficientnet", "stem_size": 32, "num_features": 1280, "act_layer": "swish",
+            "block_args": [["ds_r1_k3_s1_c16_se0.25"]] + [[l[0] for l in st] for st in stages]}
+    with torch.device("meta"):
+        any_child = EfficientNet(**model_kwargs(arch))
+    tables = measure_cost_tables(chain_layers(stages, (16, 112, 112)), ("macs", "params"),
+                                 fixed=fixed_parts(any_child, (3, 224, 224), FIXED))
+    # DNA-c's layers as supernet op indices (reference meta.json: supernet_op_indices_per_searched_stage; the
+    # 320-wide stage is MB6_3x3)
+    dna_c = [[1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 4], [1, 4, 1, 1], [0]]
+    assert tables["macs"].price(dna_c) == facts["macs_conv_linear"]["224"]
+    assert tables["params"].price(dna_c) == facts["num_params"]

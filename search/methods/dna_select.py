@@ -21,7 +21,6 @@ Costs: a `nas_zoo.search.cost.CostTable` (``--cost-table FILE.json`` or the sear
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -65,9 +64,9 @@ class InfeasibleBudgetError(ValueError):
 
     def __init__(self, budget: float, minimum: float, unit: str = ""):
         self.budget, self.minimum = budget, minimum
-        unit = f" {unit}" if unit else ""
-        super().__init__(f"no architecture fits the budget {_fmt(budget)}{unit}: the cheapest one costs "
-                         f"{_fmt(minimum)}{unit} (fixed part plus the cheapest candidate of every stage)")
+        unit = f"; unit: {unit}" if unit else ""
+        super().__init__(f"no architecture fits the budget {_fmt(budget)}: the cheapest one costs {_fmt(minimum)} "
+                         f"(fixed part plus the cheapest candidate of every stage{unit})")
 
 
 def _fmt(x: float) -> str:
@@ -89,7 +88,10 @@ class StagePotentials:
     primitives: Optional[List[str]] = None
 
     def __post_init__(self):
-        self.ops = np.asarray(self.ops, dtype=np.int64).reshape(-1, self.depth)
+        self.ops = np.asarray(self.ops, dtype=np.int64)
+        if self.ops.ndim != 2 or self.ops.shape[1] != self.depth:
+            raise PotentialFileError(self.source, "ops", f"expected shape (candidates, {self.depth}), "
+                                                         f"got {self.ops.shape}")
         self.metrics = {k: np.asarray(v, dtype=np.float64) for k, v in self.metrics.items()}
         for k, v in self.metrics.items():
             if v.shape != (len(self.ops),):
@@ -257,7 +259,7 @@ def _product_ops(depth: int, num_ops: int) -> np.ndarray:
 def _official(data: Mapping, fast: bool, source: str, stage: Optional[int], num_ops: int) -> StagePotentials:
     if stage is None:
         raise PotentialFileError(source, "", "cannot tell which stage this official-format file belongs to: name "
-                                             "it potential-<stage>.yaml or give the files grouped by stage")
+                                             "it potential-<stage>.yaml or group the files by stage (--stage)")
     columns = {}
     for key, values in data.items():
         if not isinstance(key, str):
