@@ -13,6 +13,8 @@ A table is saved as JSON::
 
     {"stages": [[[cost per op] per layer] per stage], "fixed": cost outside the searched layers, "unit": "MACs"}
 
+Other top-level keys (``meta``, ``image_size``, ...) are information for people and are kept as they are.
+
 A stage may instead map depths to their own rows (``{"3": [[...], [...], [...]], "4": [...]}``) when a depth-d
 candidate does not simply cost the first d rows.
 """
@@ -92,6 +94,7 @@ class CostTable:
     fixed: float = 0.0
     unit: str = ""
     meta: Dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)  # other top-level keys of the file, kept as they are
     source: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self):
@@ -134,14 +137,12 @@ class CostTable:
             raise CostTableError(source, "<top level>",
                                  'expected a JSON object {"stages": [[[cost per op] per layer] per stage], '
                                  '"fixed": cost}')
-        unknown = sorted(set(data) - set(TABLE_KEYS))
-        if unknown:
-            raise CostTableError(source, unknown[0], f"unknown key; allowed keys: {', '.join(TABLE_KEYS)}")
         for key in ("stages", "fixed"):
             if key not in data:
                 raise CostTableError(source, key, "missing (required keys: stages, fixed)")
         return cls(stages=data["stages"], fixed=data["fixed"], unit=data.get("unit", ""),
-                   meta=dict(data.get("meta") or {}), source=source)
+                   meta=dict(data.get("meta") or {}), extra={k: v for k, v in data.items() if k not in TABLE_KEYS},
+                   source=source)
 
     @classmethod
     def from_json(cls, path: Union[str, Path]) -> "CostTable":
@@ -162,6 +163,7 @@ class CostTable:
             out["unit"] = self.unit
         if self.meta:
             out["meta"] = _plain(self.meta)
+        out.update((k, v) for k, v in self.extra.items() if k not in out)
         return out
 
     def save(self, path: Union[str, Path]) -> Path:

@@ -339,7 +339,7 @@ def test_unusable_metrics(tmp_path, values, metric, match):
 @pytest.mark.parametrize("data, match", [
     ([1, 2], r"costs\.json: field '<top level>': expected a JSON object"),
     ({"stages": [[[1, 2]]]}, r"costs\.json: field 'fixed': missing"),
-    ({"stages": [[[1, 2]]], "fixed": 0, "flxed": 1}, r"costs\.json: field 'flxed': unknown key"),
+    ({"stages": [[[1, 2]]], "fixd": 0}, r"costs\.json: field 'fixed': missing"),
     ({"stages": [], "fixed": 0}, r"costs\.json: field 'stages': expected a non-empty list"),
     ({"stages": [[[1, "x"]]], "fixed": 0}, r"costs\.json: field 'stages\[0\]\[0\]\[1\]': expected a number, got 'x'"),
     ({"stages": [[[1, -2]]], "fixed": 0}, r"costs\.json: field 'stages\[0\]\[0\]\[1\]': expected a finite cost >= 0"),
@@ -353,6 +353,14 @@ def test_malformed_cost_tables(tmp_path, data, match):
     path.write_text(json.dumps(data))
     with pytest.raises(CostTableError, match=match):
         CostTable.from_json(path)
+
+
+def test_cost_table_keeps_other_keys(tmp_path):
+    data = {"stages": [[[1, 2]]], "fixed": 0.5, "unit": "MMACs", "image_size": 32, "meta": {"device": "cpu"}}
+    path = tmp_path / "costs.json"
+    path.write_text(json.dumps(data))
+    table = CostTable.from_json(path)
+    assert table.to_dict() == data and table.extra == {"image_size": 32}
 
 
 def test_invalid_json_cost_table(tmp_path):
@@ -414,6 +422,17 @@ def test_cli_grouped_stages_and_the_run_cost_table(tmp_path, capsys):
     assert "search" in captured.err and "stage 1: 1296 (depth 4) candidates" in captured.err
     assert dna_select.main(args + ["--budget", "394000", "--cost", "params"]) == 2
     assert "cost-params.json" in capsys.readouterr().err
+
+
+def test_cli_takes_the_files_as_arguments_too(capsys):
+    table = ["--cost-table", str(EXAMPLE / "cost_table.json")]
+    assert dna_select.main([*map(str, EXAMPLE_FILES), "--budget", "394000", *table]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"] == ANSWERS["exact_optimum"]["stages"]
+    for argv in ([str(EXAMPLE_FILES[0]), "--potentials", str(EXAMPLE_FILES[1])], []):
+        with pytest.raises(SystemExit) as exit_:
+            dna_select.main(argv + ["--budget", "1", *table])
+        assert exit_.value.code == 2
+    assert "potential files" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -593,13 +593,15 @@ folder of the first potential file (written by the search run). See docs/dna_sel
 examples:
   nas-zoo-search dna select --potentials run/potential-{0,1,2,3,4}.yaml --budget 394000 \\
       --cost-table cost_table.json
+  nas-zoo-search dna select run/potential-*.yaml --budget 4e8 --cost params
   nas-zoo-search dna select --stage a/potential-0.yaml --stage b/d3.yaml b/d4.yaml --budget 4e8"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    files = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("files", nargs="*", metavar="FILE", help="potential files (the same as --potentials)")
+    files = p.add_mutually_exclusive_group()
     files.add_argument("--potentials", nargs="+", metavar="FILE",
                        help="potential files; the stage of each comes from its name (potential-<stage>.yaml) or "
                             "from our format's 'stage' field")
@@ -621,7 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.files and (args.potentials or args.groups):
+        parser.error("give the potential files either as arguments, with --potentials or with --stage, not mixed")
+    args.potentials = args.potentials or args.files
+    if not args.potentials and not args.groups:
+        parser.error("no potential files: give them as arguments, with --potentials FILE... or --stage FILE...")
     try:
         t0 = time.perf_counter()
         paths = args.groups if args.groups else args.potentials
