@@ -73,6 +73,8 @@ class DataConfig:
         cifar-100-python/); not used by 'embedded'
     classes: a class-list file (one name per line) or a number of classes picked by `seed` (make_class_subset)
     num_train, num_val: sizes of the embedded dataset; caps (a seeded random subset) for real data
+    val_fraction: hold out this fraction of every class of the train split as the val split (the train split
+        keeps the rest; val_split is not used), e.g. 0.2 for the 80/20 search split of DenseNAS
     verify: check the CIFAR files against torchvision's md5 sums (turn off for re-packed or synthetic files)
     the rest are timm.data.create_transform arguments; train_crop 'pad' is the CIFAR-style
         RandomCrop(image_size, padding=crop_padding) instead of timm's random-resized crop
@@ -86,6 +88,7 @@ class DataConfig:
     image_size: int | None = None
     num_train: int | None = None
     num_val: int | None = None
+    val_fraction: float | None = None
     seed: int = 0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -211,6 +214,10 @@ def _resolve(d: dict[str, Any], where: str) -> dict[str, Any]:
         _check_str(where, "train_crop", d["train_crop"], TRAIN_CROPS)
     if "re_mode" in d:
         _check_str(where, "re_mode", d["re_mode"], RE_MODES)
+    if d.get("val_fraction") is not None:
+        out["val_fraction"] = _check_float(where, "val_fraction", d["val_fraction"], 0.0, 1.0)
+        if not 0.0 < out["val_fraction"] < 1.0:
+            raise DataError(f"{where}.val_fraction: expected a fraction between 0 and 1, got {d['val_fraction']}")
     if d.get("crop_pct") is not None:
         out["crop_pct"] = _check_float(where, "crop_pct", d["crop_pct"], 0.05, 1.0)
     for key in ("hflip", "vflip", "re_prob"):
@@ -314,6 +321,8 @@ def _select_classes(cfg: DataConfig, all_names: Sequence[str]) -> list[str] | No
     if cfg.classes is None:
         return None
     if isinstance(cfg.classes, int):
+        if cfg.classes > len(all_names):
+            raise DataError(f"data.classes: expected a number of classes in [1, {len(all_names)}], got {cfg.classes}")
         return make_class_subset(list(all_names), cfg.classes, cfg.seed)
     return read_class_list(cfg.classes, known=all_names)
 
@@ -472,13 +481,11 @@ class EmbeddedShapes(Dataset):
 
 # --------------------------------------------------------------------------------------------------- real datasets
 
-class _Capped(Dataset):
-    """A seeded random subset of at most `cap` samples (kept in the original order), for quick runs."""
+class _Subset(Dataset):
+    """Some samples of a dataset, with its `.classes` and the matching `.targets`."""
 
-    def __init__(self, dataset, cap: int, seed: int):
-        self.dataset = dataset
-        g = torch.Generator().manual_seed(seed)
-        self.indices = torch.randperm(len(dataset), generator=g)[:cap].sort().values.tolist()
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
         self.classes, self.class_to_idx = dataset.classes, dataset.class_to_idx
         self.targets = [dataset.targets[i] for i in self.indices]
 
@@ -491,6 +498,29 @@ class _Capped(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+
+def _capped(dataset, cap: int | None, seed: int):
+    """A seeded random subset of at most `cap` samples, in the original order (quick runs on real data)."""
+    if cap is None or cap >= len(dataset):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    return _Subset(dataset, torch.randperm(len(dataset), generator=g)[:cap].sort().values.tolist())
+
+
+def _holdout(dataset, fraction: float, seed: int, split: str):
+    """A seeded per-class split: `fraction` of every class is 'val', the rest 'train'."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(dataset.targets):
+        by_class.setdefault(t, []).append(i)
+    held: list[int] = []
+    for t in sorted(by_class):
+        members = torch.tensor(by_class[t])
+        held += members[torch.randperm(len(members), generator=g)[:round(fraction * len(members))]].tolist()
+    held_set = set(held)
+    keep = sorted(held) if split == "val" else [i for i in range(len(dataset)) if i not in held_set]
+    return _Subset(dataset, keep)
 
 
 def _split_dir(cfg: DataConfig, split: str) -> Path:
@@ -571,17 +601,18 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     the dataset has `.classes` (label order) and `.num_classes`. create_loader adds the transforms."""
     if split not in ("train", "val"):
         raise DataError(f"build_dataset: split must be 'train' or 'val', got {split!r}")
-    cap = cfg.num_train if split == "train" else cfg.num_val
+    source = "train" if cfg.val_fraction else split
     if cfg.kind == "embedded":
+        num = cfg.num_train if source == "train" else cfg.num_val
         subset = _select_classes(cfg, EMBEDDED_CLASSES)
-        # generate enough images that the subset still has `cap` of them
-        total = cap if subset is None else math.ceil(cap * len(EMBEDDED_CLASSES) / len(subset))
-        dataset = EmbeddedShapes(split, total, cfg.image_size, cfg.seed, subset)
-        return dataset if len(dataset) <= cap else _Capped(dataset, cap, cfg.seed)
-    dataset = _image_folder(cfg, split) if cfg.kind == "imagefolder" else _cifar(cfg, split)
-    if cap is not None and cap < len(dataset):
-        dataset = _Capped(dataset, cap, cfg.seed)
-    return dataset
+        # generate enough images that the subset still has `num` of them
+        total = num if subset is None else math.ceil(num * len(EMBEDDED_CLASSES) / len(subset))
+        dataset = _capped(EmbeddedShapes(source, total, cfg.image_size, cfg.seed, subset), num, cfg.seed)
+        return _holdout(dataset, cfg.val_fraction, cfg.seed, split) if cfg.val_fraction else dataset
+    dataset = _image_folder(cfg, source) if cfg.kind == "imagefolder" else _cifar(cfg, source)
+    if cfg.val_fraction:
+        dataset = _holdout(dataset, cfg.val_fraction, cfg.seed, split)
+    return _capped(dataset, cfg.num_train if split == "train" else cfg.num_val, cfg.seed)
 
 
 # ------------------------------------------------------------------------------------------------------ transforms

@@ -72,8 +72,10 @@ def test_loader_batches_do_not_depend_on_worker_count():
     cfg = embedded(num_train=96)
     ds = build_dataset(cfg, "train")
     single = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=0, seed=5, epoch=2))
-    multi = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=2, seed=5, epoch=2))
-    assert_same_batches(single, multi)
+    multi_loader = create_loader(ds, cfg, batch_size=16, train=True, workers=2, seed=5, epoch=2)
+    assert_same_batches(single, batches(multi_loader))
+    multi_loader.sampler.set_epoch(2, start_batch=4)  # the persistent workers serve the resumed epoch too
+    assert_same_batches(single[4:], batches(multi_loader))
     other_epoch = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=0, seed=5, epoch=3))
     assert not torch.equal(single[0][1], other_epoch[0][1])
 
@@ -121,6 +123,18 @@ def test_embedded_data_is_learnable_well_above_chance():
     with torch.no_grad():
         accuracy = (net(xv).argmax(1) == yv).float().mean().item()
     assert accuracy >= 0.4, f"val accuracy {accuracy:.3f}"
+
+
+def test_val_fraction_holds_out_part_of_every_class():
+    cfg = embedded(num_train=200, val_fraction=0.25)
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert len(train) == 150 and len(val) == 50
+    assert set(train.indices).isdisjoint(val.indices) and len(set(train.indices) | set(val.indices)) == 200
+    assert np.bincount(val.targets).tolist() == [5] * 10
+    assert val.indices == build_dataset(cfg, "val").indices
+    assert val.indices != build_dataset(embedded(num_train=200, val_fraction=0.25, seed=1), "val").indices
+    image, label = val[0]
+    assert label == val.dataset.targets[val.indices[0]] and isinstance(image, Image.Image)
 
 
 # ---------------------------------------------------------------------------------------------------- ImageFolder
@@ -322,6 +336,8 @@ def test_distributed_loader_takes_rank_from_the_process_group(tmp_path):
     ({"classes": 2.5}, r"data\.classes: expected a class-list file or a number of classes"),
     ({"verify": "no"}, r"data\.verify: expected true or false"),
     ({"kind": "cifar10"}, r"data\.root: the dataset directory is required"),
+    ({"val_fraction": 1}, r"data\.val_fraction: expected a fraction between 0 and 1"),
+    ({"scale": [0.5]}, r"data\.scale: expected 2 numbers"),
 ])
 def test_bad_config_is_one_clear_error(section, message):
     with pytest.raises(DataError, match=message):
@@ -352,5 +368,5 @@ def test_bad_class_list_entry_is_named(tmp_path):
         build_dataset(folder_cfg(root, classes=str(listing)), "train")
     with pytest.raises(DataError, match=r"missing\.txt: file not found"):
         build_dataset(folder_cfg(root, classes=str(tmp_path / "missing.txt")), "train")
-    with pytest.raises(DataError, match=r"classes: expected a number of classes in \[1, 2\], got 3"):
+    with pytest.raises(DataError, match=r"data\.classes: expected a number of classes in \[1, 2\], got 3"):
         build_dataset(folder_cfg(root, classes=3), "train")
