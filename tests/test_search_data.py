@@ -96,8 +96,9 @@ def test_embedded_data_is_learnable_well_above_chance():
     cfg = DataConfig.from_dict({"kind": "embedded", "num_train": 3000, "num_val": 500})
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
 
-    def tensors(ds):
-        return (ds.images.float() / 255 - 0.5) / 0.28, torch.tensor(ds.targets)
+    def tensors(ds):  # the normalisation of the loader, without its augmentation
+        mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+        return (ds.images.float() / 255 - mean) / std, torch.tensor(ds.targets)
 
     (x, y), (xv, yv) = tensors(train), tensors(val)
     torch.manual_seed(0)
