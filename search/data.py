@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -31,6 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, VisionDataset
+from torchvision.datasets.utils import check_integrity
 
 __all__ = [
     "DataConfig", "DataError", "EmbeddedShapes", "ResumableSampler", "TransformedDataset", "build_dataset",
@@ -75,7 +78,7 @@ class DataConfig:
     num_train, num_val: sizes of the embedded dataset; caps (a seeded random subset) for real data
     val_fraction: hold out this fraction of every class of the train split as the val split (the train split
         keeps the rest; val_split is not used), e.g. 0.2 for the 80/20 search split of DenseNAS
-    verify: check the CIFAR files against torchvision's md5 sums (turn off for re-packed or synthetic files)
+    verify: check the CIFAR files against torchvision's md5 sums (off for re-packed or synthetic files)
     the rest are timm.data.create_transform arguments; train_crop 'pad' is the CIFAR-style
         RandomCrop(image_size, padding=crop_padding) instead of timm's random-resized crop
     """
@@ -537,22 +540,82 @@ def _split_dir(cfg: DataConfig, split: str) -> Path:
     raise DataError(f"data.{key}: no folder {root / name} (set data.{key} to the folder name of the {split} split)")
 
 
-def _image_folder(cfg: DataConfig, split: str):
-    from torchvision.datasets import ImageFolder
+class _ClassListFolder(ImageFolder):
+    """ImageFolder over the listed classes only, labelled in list order."""
 
+    def __init__(self, root: str, classes: Sequence[str]):
+        self._class_list = list(classes)
+        super().__init__(root)
+
+    def find_classes(self, directory):
+        return list(self._class_list), {c: i for i, c in enumerate(self._class_list)}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads the CIFAR pickles: containers, strings, numbers and numpy arrays; any other global is refused, so an
+    unverified file cannot run code."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # any malformed content
+        raise DataError(f"{path}: not a CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR pickle (a {type(entry).__name__}, not a dict)")
+    return entry
+
+
+def _load_cifar(base: type, root: Path, files: Sequence[str], num_classes: int):
+    """torchvision's CIFAR10/CIFAR100 dataset (its __getitem__, attributes and repr) filled by a loader that
+    unpickles arrays only; checks what torchvision takes on trust (shapes, label range)."""
+    folder = root / base.base_folder
+    data, targets = [], []
+    for filename in files:
+        entry = _read_cifar_pickle(folder / filename)
+        labels = entry.get("labels", entry.get("fine_labels"))
+        array = entry.get("data")
+        if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != 3072:
+            raise DataError(f"{folder / filename}: 'data' must be a uint8 array of N x 3072 pixels")
+        if labels is None or len(labels) != len(array):
+            raise DataError(f"{folder / filename}: expected one label per image under 'labels' or 'fine_labels'")
+        labels = [int(t) for t in labels]
+        if labels and not 0 <= min(labels) <= max(labels) < num_classes:
+            raise DataError(f"{folder / filename}: labels outside [0, {num_classes})")
+        data.append(array)
+        targets.extend(labels)
+    meta_path = folder / base.meta["filename"]
+    classes = _read_cifar_pickle(meta_path).get(base.meta["key"])
+    if not isinstance(classes, list) or len(classes) != num_classes:
+        raise DataError(f"{meta_path}: expected {num_classes} class names under {base.meta['key']!r}")
+    dataset = base.__new__(base)
+    VisionDataset.__init__(dataset, str(root))
+    dataset.train = files == [f for f, _ in base.train_list]
+    dataset.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision keeps it
+    dataset.targets = targets
+    dataset.classes = [str(c) for c in classes]
+    dataset.class_to_idx = {c: i for i, c in enumerate(dataset.classes)}
+    return dataset
+
+
+def _image_folder(cfg: DataConfig, split: str):
     directory = _split_dir(cfg, split)
     all_names = _class_dirs(_split_dir(cfg, "train"))  # labels follow the train split, whatever val holds
     subset = _select_classes(cfg, all_names) or all_names
     missing = [c for c in subset if not (directory / c).is_dir()]
     if missing:
         raise DataError(f"{directory}: no folder for class(es) {', '.join(missing[:5])}")
-
-    class Folder(ImageFolder):
-        def find_classes(self, _directory):
-            return list(subset), {c: i for i, c in enumerate(subset)}
-
     try:
-        dataset = Folder(str(directory))
+        dataset = _ClassListFolder(str(directory), subset)
     except FileNotFoundError as e:  # a class folder without images
         raise DataError(f"{directory}: {e}") from None
     dataset.num_classes = len(dataset.classes)
@@ -560,9 +623,6 @@ def _image_folder(cfg: DataConfig, split: str):
 
 
 def _cifar(cfg: DataConfig, split: str):
-    from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import check_integrity
-
     base = CIFAR10 if cfg.kind == "cifar10" else CIFAR100
     root = Path(cfg.root)
     if not root.is_dir():
@@ -572,19 +632,15 @@ def _cifar(cfg: DataConfig, split: str):
         key = "train_split" if split == "train" else "val_split"
         raise DataError(f"data.{key}: CIFAR has the splits train and test (val = test), got {name!r}")
     folder = root / base.base_folder
-    for filename, md5 in [*base.train_list, *base.test_list, [base.meta["filename"], base.meta["md5"]]]:
+    needed = base.train_list if name == "train" else base.test_list
+    for filename, md5 in [*needed, [base.meta["filename"], base.meta["md5"]]]:
         path = folder / filename
         if not path.is_file():
             raise DataError(f"{path}: CIFAR file not found (data.root must hold {base.base_folder}/)")
         if cfg.verify and not check_integrity(str(path), md5):
             raise DataError(f"{path}: md5 differs from the official {cfg.kind} file "
                             "(set data.verify: false for re-packed files)")
-    cls = base
-    if not cfg.verify:  # torchvision skips the md5 comparison for a checksum of None, keeping the existence check
-        cls = type(base.__name__, (base,), dict(
-            train_list=[[f, None] for f, _ in base.train_list], test_list=[[f, None] for f, _ in base.test_list],
-            meta=dict(base.meta, md5=None)))
-    dataset = cls(str(root), train=name == "train", download=False)
+    dataset = _load_cifar(base, root, [f for f, _ in needed], 10 if base is CIFAR10 else 100)
     subset = _select_classes(cfg, dataset.classes)
     if subset is not None:
         old_to_new = {dataset.class_to_idx[c]: i for i, c in enumerate(subset)}

@@ -208,12 +208,15 @@ def write_cifar(root, kind, per_file=4):
                                    "coarse_label_names": [f"coarse{i}" for i in range(20)]}
         num_classes = 100
     folder.mkdir(parents=True)
-    for name in files:
+    for number, name in enumerate(files):
         labels = [int(v) for v in rng.integers(0, num_classes, per_file)]
         labels[:2] = [0, 1]
         entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), label_key: labels}
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f)
+        if number == 0:  # as the official files were written: protocol 2, numpy.core
+            raw = pickle.dumps(entry, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        else:
+            raw = pickle.dumps(entry)
+        (folder / name).write_bytes(raw)
     with open(folder / meta_name, "wb") as f:
         pickle.dump(meta, f)
     return root
@@ -244,6 +247,25 @@ def test_cifar_from_local_files(tmp_path, kind):
     assert sub.classes == [train.classes[1], train.classes[0]] and sub.num_classes == 2
     assert len(sub) == sum(t in (0, 1) for t in train.targets)
     assert [1 - t for t in sub.targets] == [t for t in train.targets if t in (0, 1)]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
+def test_cifar_pickles_may_hold_arrays_only(tmp_path, capsys):
+    root = write_cifar(tmp_path, "cifar10")
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": Payload()}, f)
+    cfg = DataConfig.from_dict({"kind": "cifar10", "root": str(root), "verify": False})
+    with pytest.raises(DataError, match=r"test_batch: not a CIFAR pickle .*refusing to load builtins\.print"):
+        build_dataset(cfg, "val")
+    assert "must not run" not in capsys.readouterr().out
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, f)
+    with pytest.raises(DataError, match=r"test_batch: labels outside \[0, 10\)"):
+        build_dataset(cfg, "val")
 
 
 def test_cifar_missing_file_is_named(tmp_path):
@@ -343,6 +365,23 @@ def test_distributed_loader_takes_rank_from_the_process_group(tmp_path):
 def test_bad_config_is_one_clear_error(section, message):
     with pytest.raises(DataError, match=message):
         DataConfig.from_dict(section)
+
+
+def test_config_defaults_per_kind_and_round_trip(tmp_path):
+    cfg = DataConfig.from_dict({"kind": "imagefolder", "root": str(tmp_path), "image_size": 160})
+    assert (cfg.crop_pct, cfg.train_crop, cfg.mean) == (0.875, "rrc", (0.485, 0.456, 0.406))
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg
+    small = DataConfig(kind="cifar100", root=str(tmp_path), image_size=64)
+    assert (small.train_crop, small.crop_padding, small.crop_pct) == ("pad", 8, 1.0)
+
+
+def test_datasets_pickle_for_spawned_workers(tmp_path):
+    root = write_tree(tmp_path / "imnet", ["a", "b"], per_class=1)
+    for ds in (build_dataset(folder_cfg(root, classes=1), "train"), build_dataset(embedded(val_fraction=0.5), "val"),
+               build_dataset(DataConfig.from_dict({"kind": "cifar10", "root": str(write_cifar(tmp_path, "cifar10")),
+                                                   "verify": False}), "train")):
+        copy = pickle.loads(pickle.dumps(ds))
+        assert copy.classes == ds.classes and len(copy) == len(ds) and copy[0][1] == ds[0][1]
 
 
 def test_from_dict_names_the_section():
