@@ -280,6 +280,7 @@ def write_class_list(names: Sequence[str], out: str | Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write("".join(f"{n}\n" for n in names))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a class list is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -678,26 +679,27 @@ def build_transform(cfg: DataConfig, train: bool) -> Callable:
     """timm.data.create_transform from the config; train_crop 'pad' swaps the random-resized crop for a padded
     random crop (the CIFAR recipe)."""
     from timm.data import create_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode
     from torchvision import transforms
 
     mean = cfg.mean * 3 if len(cfg.mean) == 1 else cfg.mean
     std = cfg.std * 3 if len(cfg.std) == 1 else cfg.std
+    fixed_interpolation = "bilinear" if cfg.interpolation == "random" else cfg.interpolation  # for plain resizes
     kwargs = dict(input_size=cfg.image_size, interpolation=cfg.interpolation, mean=mean, std=std,
                   crop_pct=cfg.crop_pct)
-    if not train:
-        return create_transform(is_training=False, **kwargs)
-    if not cfg.augment:
-        return create_transform(is_training=True, no_aug=True, **kwargs)
+    if not train or not cfg.augment:
+        return create_transform(**dict(kwargs, interpolation=fixed_interpolation), is_training=train, no_aug=True)
     kwargs.update(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, vflip=cfg.vflip,
                   color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
                   re_mode=cfg.re_mode, re_count=cfg.re_count)
     if cfg.train_crop == "rrc":
         return create_transform(is_training=True, **kwargs)
     primary, secondary, final = create_transform(is_training=True, separate=True, **kwargs)
-    crop = [transforms.Resize(cfg.image_size, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(cfg.image_size)] if not _native_size(cfg) else []
+    crop = [] if _native_size(cfg) else [
+        transforms.Resize(cfg.image_size, interpolation=str_to_interp_mode(fixed_interpolation)),
+        transforms.CenterCrop(cfg.image_size)]
     crop.append(transforms.RandomCrop(cfg.image_size, padding=cfg.crop_padding))
-    flips = list(primary.transforms[1:])  # [0] is the random-resized crop
+    flips = [t for t in primary.transforms if not isinstance(t, RandomResizedCropAndInterpolation)]
     return transforms.Compose([*crop, *flips, *secondary.transforms, *final.transforms])
 
 

@@ -68,8 +68,12 @@ def test_embedded_class_subset_by_count_and_file(tmp_path):
     assert sorted(set(ds.targets)) == [0, 1]
 
 
-def test_loader_batches_do_not_depend_on_worker_count():
-    cfg = embedded(num_train=96)
+@pytest.mark.parametrize("augmentation", [
+    {},  # the embedded default: padded crop, flip
+    {"train_crop": "rrc", "auto_augment": "rand-m9-mstd0.5", "re_prob": 0.5, "color_jitter": 0.4},  # all RNGs
+])
+def test_loader_batches_do_not_depend_on_worker_count(augmentation):
+    cfg = embedded(num_train=96, **augmentation)
     ds = build_dataset(cfg, "train")
     single = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=0, seed=5, epoch=2))
     multi_loader = create_loader(ds, cfg, batch_size=16, train=True, workers=2, seed=5, epoch=2)
