@@ -556,8 +556,9 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Reads the CIFAR pickles: containers, strings, numbers and numpy arrays; any other global is refused, so an
     unverified file cannot run code."""
 
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-                *((m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray") for n in ("_reconstruct", "scalar"))}
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # numpy 1 and 2 module names:
+                *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar"))}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
