@@ -18,7 +18,7 @@ __all__ = ["register_entry", "register_directory", "get_entry", "list_entries", 
 
 ENTRIES_ENV = "NAS_ZOO_ENTRIES"
 # cfg fields of ours that timm's PretrainedCfg does not know; kept in the entry, read by nas_zoo.weights
-OUR_CFG_KEYS = ("official_weights", "official_download", "official_note")
+OUR_CFG_KEYS = ("official_weights", "official_download", "official_note", "checkpoint_layout")
 
 default_cfgs: Dict[str, object] = {}  # read by timm.register_model, as in timm's own model modules
 _ENTRIES: Dict[str, ArchEntry] = {}
@@ -34,6 +34,8 @@ def _timm_cfgs(entry: ArchEntry) -> dict:
     cfgs = {}
     for tag, cfg in entry.pretrained.items():
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k not in OUR_CFG_KEYS}
+        if cfg.get("file") and entry.path is not None:  # a relative file is relative to the entry's YAML
+            cfg["file"] = str(entry.path.parent / Path(cfg["file"]).expanduser())
         cfgs[f"{entry.name}.{tag}"] = {**family_defaults, **cfg}
     if not cfgs:  # architecture-only entry: defaults, no weights
         cfgs[entry.name] = family_defaults
