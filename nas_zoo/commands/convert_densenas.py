@@ -111,10 +111,11 @@ def _check_name_is_free(name: str, yaml_path: Path) -> None:
 def _entry_dict(cfg: NetConfig, name: str, tag: str, checkpoint: Optional[Path]) -> dict:
     family, arch = cfg.to_family_arch()
     kind = "MobileNetV2" if cfg.net_type == "mbv2" else "ResNet"
+    source = _short(Path(cfg.source))
     provenance = {"method": "densenas", "repo": "https://github.com/JaminFong/DenseNAS", "net_type": cfg.net_type,
-                  "net_config": cfg.to_text().split("net_type:")[0], "converted_from": str(Path(cfg.source).name)}
+                  "net_config": cfg.to_text().split("net_type:")[0], "converted_from": source}
     entry = {"name": name, "family": family,
-             "description": f"{name}: DenseNAS {kind}-based network, converted from {Path(cfg.source).name}.",
+             "description": f"{name}: DenseNAS {kind}-based network, converted from {source}.",
              "arch": arch, "provenance": provenance}
     if checkpoint is not None:
         pretrained = {"file": f"{name}.safetensors", **EVAL_CFG, "num_classes": 1000, "license": "unknown",
@@ -123,9 +124,14 @@ def _entry_dict(cfg: NetConfig, name: str, tag: str, checkpoint: Optional[Path])
         if cfg.net_type == "mbv2":  # official MBV2_Net keys also load directly (pretrained_cfg_overlay=dict(file=..))
             pretrained["checkpoint_layout"] = "densenas"
         entry["pretrained"] = {tag: pretrained}
-        provenance["checkpoint"] = checkpoint.name
+        provenance["checkpoint"] = _short(checkpoint)
         provenance["checkpoint_sha256"] = _sha256(checkpoint)
     return entry
+
+
+def _short(path: Path) -> str:
+    """'folder/file': names the source (e.g. 'DenseNAS-R1/net_config') without a local absolute path."""
+    return f"{path.absolute().parent.name}/{path.name}"
 
 
 def _sha256(path: Path) -> str:
