@@ -1,4 +1,5 @@
-"""timm conventions for the DenseNAS models: the MBV2 entries (timm's EfficientNet) and the ResNet family."""
+"""timm conventions for the ResNet-based DenseNAS family (no built-in entry has it, so tests/test_timm_contract.py,
+which covers every registered entry including densenas_a/b/c, does not reach it)."""
 import pytest
 import timm
 import torch
@@ -18,16 +19,18 @@ RES_NETS = {
                                 "[[40, 48], 'bottle_neck', [], 0, 2]|[[48, 64], 'bottle_neck', [], 0, 2]|"
                                 "[[64, 64], 'bottle_neck', [], 0, 2]|[[64, 96], 'bottle_neck', [], 0, 2]",
 }
-for _name, _text in RES_NETS.items():
-    _family, _arch = parse_net_config(_text, net_type="res").to_family_arch()
-    nas_zoo.register_entry({"name": _name, "family": _family, "arch": _arch})
-
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-MODELS = ["densenas_a", "densenas_b", "densenas_c", *RES_NETS]
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(params=MODELS)
+@pytest.fixture(scope="module", autouse=True)
+def res_entries():
+    for name, text in RES_NETS.items():
+        family, arch = parse_net_config(text, net_type="res").to_family_arch()
+        nas_zoo.register_entry({"name": name, "family": family, "arch": arch})
+
+
+@pytest.fixture(params=list(RES_NETS))
 def name(request):
     return request.param
 
@@ -106,9 +109,18 @@ def test_torchscript_and_fx(name):
         assert torch.allclose(next(iter(fx_model(X).values())), reference, atol=1e-5)
 
 
-def test_group_matcher_covers_every_parameter():
+def test_group_matcher_covers_every_parameter(name):
     from timm.models import group_parameters
-    for name in MODELS:
-        model = timm.create_model(name)
-        grouped = group_parameters(model, model.group_matcher())
-        assert sum(len(g) for g in grouped.values()) == len(list(model.parameters()))
+    model = timm.create_model(name)
+    grouped = group_parameters(model, model.group_matcher())
+    assert sum(len(g) for g in grouped.values()) == len(list(model.parameters()))
+    groups = list(grouped.values())  # stem, one group per layer, the classifier
+    assert len(groups) == 2 + sum(len(s) for s in model.stages)
+    assert groups[0][0].startswith("stem.") and groups[-1] == ["fc.weight", "fc.bias"]
+
+
+def test_pool_size_matches_features(name):
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.randn(1, *model.pretrained_cfg["input_size"]))
+    assert tuple(features.shape[-2:]) == tuple(model.pretrained_cfg["pool_size"]) == (7, 7)

@@ -37,6 +37,7 @@ class Family:
     describe: Callable = lambda arch: ""  # one-line summary of an arch for tables
     cfg_defaults: Mapping = field(default_factory=dict)  # pretrained-cfg defaults (first_conv, classifier ...)
     checkpoint_layouts: Mapping[str, Callable] = field(default_factory=dict)  # name -> official-keys adapter
+    reduction: Callable = lambda arch: 32  # total stride of forward_features; gives the cfg's pool_size
 
 
 _FAMILIES: Dict[str, Family] = {}

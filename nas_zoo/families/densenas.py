@@ -555,11 +555,12 @@ def validate_arch(f: Field) -> dict:
     return arch
 
 
-def _num_feature_points(arch: dict) -> int:
+def _reductions(arch: dict) -> List[int]:
+    """Total stride after the stem and after each stage."""
     reductions = [2]
     for stage in arch["stages"]:
         reductions.append(reductions[-1] * stage["stride"])
-    return len(set(reductions))
+    return reductions
 
 
 def build(entry, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -567,7 +568,7 @@ def build(entry, pretrained: bool = False, **kwargs) -> nn.Module:
     model_args = dict(stages=arch["stages"], stem_size=arch["stem_size"], bn_eps=arch.get("bn_eps", RES_BN_EPS),
                       drop_rate=arch.get("drop_rate", 0.0), drop_path_rate=arch.get("drop_path_rate", 0.0))
     model_args.update(kwargs)  # caller wins (num_classes, in_chans, features_only ...)
-    feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(_num_feature_points(arch))))
+    feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(set(_reductions(arch))))))
     return build_model_with_cfg(DenseNASResNet, entry.name, pretrained, feature_cfg=feature_cfg, **model_args)
 
 
@@ -578,4 +579,5 @@ def describe(arch: dict) -> str:
 
 FAMILY = register_family(Family(name="densenas_resnet", validate_arch=validate_arch, build=build,
                                 adapt_state_dict=resnet_official_to_ours, describe=describe,
-                                cfg_defaults={"first_conv": "stem.conv", "classifier": "fc"}))
+                                cfg_defaults={"first_conv": "stem.conv", "classifier": "fc"},
+                                reduction=lambda arch: _reductions(arch)[-1]))
