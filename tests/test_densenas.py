@@ -284,6 +284,13 @@ def test_cli_reports_a_malformed_net_config_in_one_line(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "net_type: missing" in err
 
 
+def test_convert_densenas_main_takes_its_own_argv(tmp_path):
+    from nas_zoo.commands import convert_densenas
+    net_config = fixture("densenas_a").dir / "net_config"
+    assert convert_densenas.main(["--net-config", str(net_config), "--name", "main_a", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "main_a.yaml").is_file()
+
+
 def test_bare_net_config_string_with_net_type():
     """The net_config string alone (as in configs/imagenet_train_cfg.py), with the type given separately."""
     text = (fixture("densenas_c").dir / "net_config").read_text().split("net_type")[0]

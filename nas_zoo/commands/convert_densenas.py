@@ -18,7 +18,7 @@ from ..entry import NAME_RE, TAG_RE, ArchEntry, EntryError, load_entry
 from ..families import adapt_official_state_dict, get_family
 from ..families.densenas import NET_TYPES, NetConfig, NetConfigError, read_net_config
 
-__all__ = ["add_arguments", "run", "convert_densenas"]
+__all__ = ["add_arguments", "run", "main", "convert_densenas"]
 
 DESCRIPTION = ("Turn a DenseNAS net_config (and its weights.pt) into a zoo entry: writes DIR/NAME.yaml and "
                "DIR/NAME.safetensors (weights in our key layout). With NAS_ZOO_ENTRIES=DIR, "
@@ -43,6 +43,15 @@ def add_arguments(parser) -> None:
                         help="the network type, for a net_config without its 'net_type' line")
     parser.add_argument("--tag", default="in1k", help="pretrained tag of the converted weights (default: in1k)")
     parser.add_argument("--force", action="store_true", help="overwrite NAME.yaml / NAME.safetensors in DIR")
+
+
+def main(argv=None) -> int:
+    """Parse `argv` (what follows ``nas-zoo convert densenas``) and run; for a `convert` command that dispatches
+    on its first argument."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="nas-zoo convert densenas", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 def run(args) -> int:
