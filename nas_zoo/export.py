@@ -177,6 +177,9 @@ def write_config(model: torch.nn.Module, entry: ArchEntry, folder_entry: dict, p
     config = json.loads(timm_written.read_text())
     timm_written.unlink()
     config["architecture"] = family_architecture(entry.family)
+    # only the entry: the generic entrypoint needs nothing else, and keyword arguments such as global_pool are
+    # not accepted by every family's model class
+    config["model_args"] = {ENTRY_ARG: folder_entry}
     _write_text(path, json.dumps(config, indent=2) + "\n")
 
 

@@ -117,3 +117,19 @@ register_official_checkpoints("dna", ["dna_a", "dna_b", "dna_c", "dna_d"], offic
 register_official_checkpoints("cream", ["cream_14", "cream_43", "cream_114", "cream_287", "cream_481",
                                         "cream_604"], official_cream_checkpoint)
 register_official_checkpoints("cream", ["cdarts_a", "cdarts_b"], official_cdarts_checkpoint)
+
+
+def official_densenas_checkpoint(sd):
+    """As DenseNAS run_apis/retrain.py saved it: torch.save(nn.DataParallel(model).state_dict())."""
+    return OrderedDict(("module." + k, v) for k, v in sd.items())
+
+
+def official_dsnas_checkpoint(sd):
+    """As the DSNAS devkit (core/utils.py save_checkpoint) wrote it."""
+    return {"epoch": 240, "model": "singlepath", "state_dict": sd, "best_prec1": 74.4,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0, "momentum": 0.9, "params": [0, 1]}]}}
+
+
+register_official_checkpoints("densenas", ["densenas_a", "densenas_b", "densenas_c"], official_densenas_checkpoint)
+register_official_checkpoints("dsnas", ["dsnas_search240", "dsnas_retrain240", "spos_retrain240"],
+                              official_dsnas_checkpoint)

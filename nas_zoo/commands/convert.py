@@ -1,7 +1,8 @@
 """`nas-zoo convert NAME CHECKPOINT --out DIR`: an official checkpoint -> a verified model folder (hub layout).
 
-Converters with their own arguments (``nas-zoo convert densenas ...``) live in their own modules, exposing
-``add_arguments(parser)`` and ``run(args)``; they are imported only when asked for.
+Converters with their own arguments (``nas-zoo convert densenas --net-config FILE ...``, see
+`nas_zoo.commands.convert_densenas`) live in their own modules, exposing ``main(argv)`` or
+``add_arguments(parser)`` + ``run(args)``; they are imported only when asked for.
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def _run_special(word: str, module_name: str, rest) -> int:
         print(f"nas-zoo convert {word}: error: this installation has no '{word}' converter ({module_name} is "
               "missing)", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"nas-zoo convert {word}")
+    if hasattr(module, "main"):  # the module parses its own arguments
+        return int(module.main(rest) or 0)
+    parser = argparse.ArgumentParser(prog=f"nas-zoo convert {word}",
+                                     description=getattr(module, "DESCRIPTION", None))
     module.add_arguments(parser)
     return int(module.run(parser.parse_args(rest)) or 0)

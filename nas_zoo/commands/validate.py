@@ -1,6 +1,6 @@
 """`nas-zoo validate NAME --data DIR`: top-1/top-5 on an ImageFolder validation set, beside the paper's numbers.
 
-The preprocessing is the model's own (timm's `resolve_data_config` + `create_loader`/`create_transform` read its
+The preprocessing is the model's own (timm's `resolve_data_config` + `create_transform` read its
 pretrained cfg: input size, interpolation, crop_pct, mean/std), as timm's validate.py does it.
 """
 from __future__ import annotations
