@@ -122,9 +122,10 @@ def main(argv=None) -> int:
         if args.compile:  # compile happens on the first call: check it against eager
             with torch.no_grad():
                 compiled = models["ours"](x.to(args.device))
-            compile_diff = (compiled.float().cpu() - eager).abs().max().item()
-            note = f"compiled vs eager {compile_diff:.1e}"
-            if compile_diff > 1e-3:
+            # random-init logits are tiny (~1e-5): compare relative to their scale
+            compile_diff = ((compiled.float().cpu() - eager).abs().max() / eager.abs().max()).item()
+            note = f"compiled vs eager: max rel diff {compile_diff:.1e}"
+            if compile_diff > 1e-4:
                 note += " MISMATCH"
         iters = _iterations(models["ours"], size, args, amp)
         speed = {k: [] for k in models}

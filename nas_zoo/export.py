@@ -205,9 +205,21 @@ def _method(entry: ArchEntry) -> Optional[str]:
     return str(method) if method else None
 
 
+def _paper(entry: ArchEntry, tag: Optional[str]) -> dict:
+    """The entry's paper record, completed from the pretrained cfg's paper_name / paper_ids (timm's fields)."""
+    cfg = entry.pretrained.get(tag or "", {})
+    paper = dict(entry.paper)
+    if not paper.get("title") and cfg.get("paper_name"):
+        paper["title"] = cfg["paper_name"]
+    ids = re.findall(r"arXiv:(\d{4}\.\d{4,5})", cfg.get("paper_ids", ""), flags=re.I)
+    if not paper.get("arxiv") and ids:
+        paper["arxiv"] = ids[0]
+    return paper
+
+
 def _card_metadata(entry: ArchEntry, tag: Optional[str], measured: Optional[dict]) -> dict:
     cfg = entry.pretrained.get(tag or "", {})
-    paper = entry.paper
+    paper = _paper(entry, tag)
     tags = ["image-classification", "timm", "nas-zoo", "neural-architecture-search"]
     if _method(entry):
         tags.append(_method(entry))
@@ -256,7 +268,7 @@ def render_model_card(entry: ArchEntry, tag: Optional[str], repo_id: str, facts:
                       measured: Optional[dict] = None) -> str:
     """README.md of a model folder. `facts`: params, macs (counted), weights_key, source_sha256, source_name."""
     cfg = entry.pretrained.get(tag or "", {})
-    paper = entry.paper
+    paper = _paper(entry, tag)
     family = get_family(entry.family)
     meta = _card_metadata(entry, tag, measured)
     name = f"{entry.name}.{tag}" if tag else entry.name
