@@ -64,6 +64,11 @@ def efficientnet_reference(entry) -> nn.Module:
 REFERENCE_BUILDERS = {"efficientnet": efficientnet_reference}
 
 
+def _num(value: float, spec: str) -> str:
+    width = int(spec.split(".")[0])
+    return f"{'-':>{width}}" if value != value else format(value, spec)  # NaN: no reference
+
+
 def _iterations(model, size, args, amp) -> int:
     once = benchmark(model, "calibrate", size, batch_size=args.batch_size, device=args.device, amp_dtype=amp,
                      channels_last=args.channels_last, warmup=1, iters=2)
@@ -93,7 +98,7 @@ def main(argv=None) -> int:
     rows = []
     print(f"device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
           f"{args.rounds} rounds x {args.iters} iters" + (", compiled" if args.compile else ""), flush=True)
-    header = (f"{'model':<14} {'res':>4} {'iters':>5} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>6} "
+    header = (f"{'model':<18} {'res':>4} {'iters':>5} {'ours img/s':>11} {'ref img/s':>10} {'ratio':>6} "
               f"{'max|diff|':>10}  note")
     print(header)
     print("-" * len(header), flush=True)
@@ -145,8 +150,8 @@ def main(argv=None) -> int:
             note = (note + "; " if note else "") + f"no reference builder for family '{entry.family}'"
         rows.append(dict(model=name, img_size=size[-1], ours_img_s=round(ours_speed, 2),
                          ref_img_s=round(ref_speed, 2), ratio=round(ratio, 4), max_abs_diff=diff, note=note))
-        print(f"{name:<14} {size[-1]:>4} {iters:>5} {ours_speed:>11.1f} {ref_speed:>10.1f} {ratio:>6.3f} "
-              f"{diff:>10.1e}  {note}", flush=True)
+        print(f"{name:<18} {size[-1]:>4} {iters:>5} {ours_speed:>11.1f} {_num(ref_speed, '10.1f')} "
+              f"{_num(ratio, '6.3f')} {_num(diff, '10.1e')}  {note}", flush=True)
     ratios = [r["ratio"] for r in rows if r["ratio"] == r["ratio"]]
     if ratios:
         print(f"ratio ours/reference: median {statistics.median(ratios):.3f}, min {min(ratios):.3f}, "

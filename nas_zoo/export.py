@@ -130,7 +130,7 @@ def convert_checkpoint(entry: Union[str, ArchEntry], checkpoint: Union[str, os.P
         raise ConversionError(f"{out_dir} already holds {existing}; choose another --out or pass --overwrite")
     repo_id = repo_id or default_repo_id(entry, tag)
 
-    state_dict, weights_key = official_state_dict(entry, checkpoint, use_ema=use_ema, tag=tag)
+    _, weights_key = official_state_dict(entry, checkpoint, use_ema=use_ema, tag=tag)  # which copy, for the card
     # the official-format load, exactly as users do it
     official = create_from_entry(entry, pretrained=True, pretrained_cfg=tag or None,
                                  pretrained_cfg_overlay=dict(file=str(checkpoint)),
