@@ -52,48 +52,60 @@ def collect(user_paths: List[str], top1_overrides: Dict[str, float], family: Opt
 
 
 def draw(records: List[dict], out: str, dpi: int = 150) -> Path:
+    """Top row: the whole zoo against MACs and parameters. Where labels crowd (several models of similar cost
+    and accuracy), a second row shows the boxed region in detail, so every label stays readable."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = sorted({r["method"] for r in records if not r["user"]})
     colors = {m: plt.get_cmap("tab10")(i % 10) for i, m in enumerate(methods)}
-    fig, axes = plt.subplots(1, 2, figsize=(15, 7), sharey=True, constrained_layout=True)
     scored = [r for r in records if r["top1"] is not None]
-    panels = ((axes[0], "macs", "MACs (M, conv+linear, counted at eval resolution; log scale)"),
-              (axes[1], "params", "parameters (M, log scale)"))
-    for ax, key, label in panels:
+    keys = (("macs", "MACs (M, conv+linear, counted at eval resolution; log scale)"),
+            ("params", "parameters (M, log scale)"))
+    fig, grid = plt.subplots(2, 2, figsize=(15, 12.5), constrained_layout=True,
+                             gridspec_kw={"height_ratios": [1, 1.15]})
+    top, detail = grid[0], grid[1]
+    for ax, (key, label) in zip(top, keys):
         _draw_series(ax, records, key, methods, colors, big=True)
         _log_axis(ax, [r[key] for r in records])
         ax.set_xlabel(label)
-    axes[0].set_ylabel("ImageNet top-1 (%)")
-    axes[0].legend(loc="upper left", fontsize=9, title="searched by")
+        ax.set_ylabel("ImageNet top-1 (%)")
+    top[0].legend(loc="upper left", fontsize=9, title="searched by")
     fig.suptitle("nas-zoo: accuracy vs cost (top-1 as reported by the papers unless given)", fontsize=12)
     fig.canvas.draw()
+    crowded = {key: _place_labels(fig, ax, scored, key, first_only=True) for ax, (key, _) in zip(top, keys)}
+    if not any(crowded.values()):  # nothing crowds: one row is enough
+        for ax in detail:
+            fig.delaxes(ax)
+        fig.set_size_inches(15, 6.5)
+        fig.get_layout_engine().set(h_pad=0.05)
+    else:
+        for ax, (key, label) in zip(detail, keys):
+            box = _zoom_box(crowded[key] or scored, key)
+            _draw_series(ax, records, key, methods, colors, big=True)
+            ax.set_xlim(box[0], box[1])
+            ax.set_ylim(box[2], box[3])
+            _log_axis(ax, [box[0], box[1]])
+            ax.set_xlabel(label)
+            ax.set_ylabel("ImageNet top-1 (%)")
+            ax.set_title("detail of the boxed region", fontsize=10)
+    fig.canvas.draw()
     fig.set_layout_engine("none")  # freeze the layout: label boxes measured from now on stay where they are
-    for ax, _, _ in panels:  # and the limits: zoom indicators must not rescale the axes
+    for ax in fig.axes:  # and the limits: the box outlines must not rescale the axes
         ax.set_xlim(ax.get_xlim())
         ax.set_ylim(ax.get_ylim())
-    for ax, key, _ in panels:
-        crowded = _place_labels(fig, ax, scored, key, first_only=True)
-        if not crowded:
-            _place_labels(fig, ax, scored, key)
+    for i, (key, _) in enumerate(keys):
+        if not any(crowded.values()):
+            _place_labels(fig, top[i], scored, key)
             continue
-        # a dense cluster: label it in a zoomed inset
-        box = _zoom_box(crowded, key, ax.get_xlim(), ax.get_ylim())
-        inset = ax.inset_axes(_free_corner(ax, scored, key))
-        _draw_series(inset, records, key, methods, colors, big=False)
-        inset.set_xlim(box[0], box[1])
-        inset.set_ylim(box[2], box[3])
-        _log_axis(inset, [box[0], box[1]])
-        inset.tick_params(labelsize=7)
-        ax.indicate_inset_zoom(inset, edgecolor="0.4")
-        fig.canvas.draw()
-        inside = [r for r in scored if box[0] <= r[key] <= box[1] and box[2] <= r["top1"] <= box[3]]
-        covered = inset.get_tightbbox(fig.canvas.get_renderer())
-        _place_labels(fig, ax, [r for r in scored if r not in inside], key,
-                      avoid=[(covered.x0, covered.y0, covered.x1, covered.y1)])
-        _place_labels(fig, inset, inside, key)
+        x0, x1 = detail[i].get_xlim()
+        y0, y1 = detail[i].get_ylim()
+        top[i].add_patch(matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="0.35", lw=1,
+                                                      ls="--", zorder=1))
+        inside = [r for r in scored if x0 <= r[key] <= x1 and y0 <= r["top1"] <= y1]
+        _place_labels(fig, top[i], [r for r in scored if r not in inside], key)
+        _place_labels(fig, detail[i], inside, key)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
@@ -108,20 +120,18 @@ def _draw_series(ax, records, key, methods, colors, big: bool) -> None:
         pts = sorted((r for r in records if r["method"] == method and not r["user"] and r["top1"] is not None),
                      key=lambda r: r[key])
         ax.plot([r[key] for r in pts], [r["top1"] for r in pts], "o-", color=colors[method], lw=1.2,
-                ms=6 if big else 5, alpha=0.85, label=method)
+                ms=6, alpha=0.85, label=method)
     mine = [r for r in records if r["user"] and r["top1"] is not None]
     if mine:
-        ax.scatter([r[key] for r in mine], [r["top1"] for r in mine], marker="*", s=260 if big else 160,
-                   color="crimson", edgecolor="black", linewidth=0.6, zorder=5, label="your entries")
+        ax.scatter([r[key] for r in mine], [r["top1"] for r in mine], marker="*", s=260, color="crimson",
+                   edgecolor="black", linewidth=0.6, zorder=5, label="your entries")
     for r in records:
         if r["top1"] is None:  # a searched model without a measured accuracy yet: show where its cost lands
             ax.axvline(r[key], color="crimson", ls="--", lw=1)
-            if not big:
-                continue
             # named just above the axes, where no marker or label can hide it
             ax.annotate(f"{r['name']}: no top-1 yet", (r[key], 1.0), xycoords=("data", "axes fraction"),
                         textcoords="offset points", xytext=(0, 2), fontsize=8, color="crimson",
-                        ha="center", va="bottom", annotation_clip=False)
+                        ha="center", va="bottom", annotation_clip=True)
     ax.grid(True, which="both", alpha=0.3)
 
 
@@ -135,52 +145,55 @@ def _log_axis(ax, values) -> None:
                                                else ""))
 
 
-# where a zoomed inset may go (axes fractions: x0, y0, width, height), in order of preference
-_INSET_PLACES = ([0.53, 0.05, 0.45, 0.44], [0.07, 0.05, 0.45, 0.44], [0.07, 0.50, 0.45, 0.44],
-                 [0.53, 0.50, 0.45, 0.44])
-
-
-def _free_corner(ax, scored: List[dict], key: str) -> list:
-    """The first inset place that covers no marker (else the first)."""
-    to_axes = ax.transAxes.inverted()
-    points = [to_axes.transform(ax.transData.transform((r[key], r["top1"]))) for r in scored]
-    for x0, y0, w, h in _INSET_PLACES:
-        if not any(x0 - 0.02 <= px <= x0 + w + 0.02 and y0 - 0.02 <= py <= y0 + h + 0.02 for px, py in points):
-            return [x0, y0, w, h]
-    return _INSET_PLACES[0]
-
-
-def _zoom_box(crowded: List[dict], key: str, xlim, ylim):
+def _zoom_box(crowded: List[dict], key: str):
     xs, ys = [r[key] for r in crowded], [r["top1"] for r in crowded]
-    return (max(min(xs) / 1.12, xlim[0] * 1.001), min(max(xs) * 1.12, xlim[1] / 1.001),
-            max(min(ys) - 0.5, ylim[0] + 0.01), min(max(ys) + 0.5, ylim[1] - 0.01))
+    return min(xs) / 1.08, max(xs) * 1.12, min(ys) - 0.4, max(ys) + 0.4
 
 
 # label offsets (points) tried in turn; the first that overlaps no other label and no marker wins
 _OFFSETS = [(6, -4), (6, 6), (6, -14), (-6, 6), (-6, -14), (6, 16), (6, -24), (-6, 16), (-6, -24), (6, 26),
-            (6, -34), (-6, 26), (-6, -34)]
+            (6, -34), (-6, 26), (-6, -34), (6, 36), (-6, 36), (6, -44), (-6, -44)]
 
 
-def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = False,
-                  avoid=()) -> List[dict]:
+def _groups(ax, records: List[dict], key: str, tolerance: float = 10.0) -> List[List[dict]]:
+    """Models drawn closer than a label is tall (pixels) share one label."""
+    groups: List[List[dict]] = []
+    spots = []
+    for r in sorted(records, key=lambda r: (r[key], r["top1"])):
+        x, y = ax.transData.transform((r[key], r["top1"]))
+        for spot, group in zip(spots, groups):
+            if abs(spot[0] - x) <= tolerance and abs(spot[1] - y) <= tolerance:
+                group.append(r)
+                break
+        else:
+            spots.append((x, y))
+            groups.append([r])
+    return groups
+
+
+def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = False) -> List[dict]:
     """Greedy label placement, so clusters stay readable without a label-placement package. With `first_only`
     nothing is drawn: returns the records whose label does not fit beside its marker (the crowded ones)."""
+    from matplotlib.text import Text
+
     renderer = fig.canvas.get_renderer()
+    groups = _groups(ax, records, key)
     markers = [ax.transData.transform((r[key], r["top1"])) for r in records]
-    taken = [(x - 4, y - 4, x + 4, y + 4) for x, y in markers] + list(avoid)
+    taken = [(x - 4, y - 4, x + 4, y + 4) for x, y in markers]
     frame = ax.get_window_extent(renderer)  # labels stay inside their axes
     crowded = []
-    order = sorted(range(len(records)), key=lambda i: (-records[i]["user"], records[i][key]))
-    for i in order:
-        r = records[i]
-        text = r["name"] + (f" @{r['res']}" if r["res"] != 224 else "")
+    for group in sorted(groups, key=lambda g: (-max(r["user"] for r in g), g[0][key])):
+        r = group[0]
+        text = " / ".join(m["name"] + (f" @{m['res']}" if m["res"] != 224 else "") for m in group)
+        placed = False
         for dx, dy in _OFFSETS:
             label = ax.annotate(text, (r[key], r["top1"]), textcoords="offset points", xytext=(dx, dy),
                                 ha="left" if dx > 0 else "right", fontsize=8,
-                                color="crimson" if r["user"] else "0.2",
+                                color="crimson" if any(m["user"] for m in group) else "0.2",
                                 arrowprops=None if (dx, dy) == _OFFSETS[0] else
                                 dict(arrowstyle="-", color="0.6", lw=0.5))
-            box = label.get_window_extent(renderer)
+            label.update_positions(renderer)
+            box = Text.get_window_extent(label, renderer)  # the text only, not its leader line
             rect = (box.x0, box.y0, box.x1, box.y1)
             fits = (frame.x0 <= rect[0] and rect[2] <= frame.x1 and frame.y0 <= rect[1] and rect[3] <= frame.y1
                     and not any(_overlap(rect, t) for t in taken))
@@ -189,12 +202,17 @@ def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = Fal
                 if fits:
                     taken.append(rect)
                 else:
-                    crowded.append(r)
+                    crowded.extend(group)
+                placed = True
                 break
-            if fits or (dx, dy) == _OFFSETS[-1]:
+            if fits:
                 taken.append(rect)
+                placed = True
                 break
             label.remove()
+        if not placed:  # no free spot: keep the first choice rather than drop the name
+            ax.annotate(text, (r[key], r["top1"]), textcoords="offset points", xytext=_OFFSETS[0],
+                        fontsize=8, color="0.2")
     return crowded
 
 
