@@ -68,6 +68,7 @@ def draw(records: List[dict], out: str, dpi: int = 150) -> Path:
     top, detail = grid[0], grid[1]
     for ax, (key, label) in zip(top, keys):
         _draw_series(ax, records, key, methods, colors, big=True)
+        ax.margins(x=0.08, y=0.06)  # room for the labels of the outermost models
         _log_axis(ax, [r[key] for r in records])
         ax.set_xlabel(label)
         ax.set_ylabel("ImageNet top-1 (%)")
@@ -78,8 +79,10 @@ def draw(records: List[dict], out: str, dpi: int = 150) -> Path:
     if not any(crowded.values()):  # nothing crowds: one row is enough
         for ax in detail:
             fig.delaxes(ax)
+        one_row = fig.add_gridspec(1, 2)
+        for i, ax in enumerate(top):
+            ax.set_subplotspec(one_row[0, i])
         fig.set_size_inches(15, 6.5)
-        fig.get_layout_engine().set(h_pad=0.05)
     else:
         for ax, (key, label) in zip(detail, keys):
             box = _zoom_box(crowded[key] or scored, key)
@@ -173,7 +176,8 @@ def _groups(ax, records: List[dict], key: str, tolerance: float = 10.0) -> List[
 
 def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = False) -> List[dict]:
     """Greedy label placement, so clusters stay readable without a label-placement package. With `first_only`
-    nothing is drawn: returns the records whose label does not fit beside its marker (the crowded ones)."""
+    nothing is drawn: returns the records whose label, right beside its marker, would cover another label or
+    marker (the crowded ones)."""
     from matplotlib.text import Text
 
     renderer = fig.canvas.get_renderer()
@@ -186,7 +190,7 @@ def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = Fal
         r = group[0]
         text = " / ".join(m["name"] + (f" @{m['res']}" if m["res"] != 224 else "") for m in group)
         placed = False
-        for dx, dy in _OFFSETS:
+        for dx, dy in (_OFFSETS[:1] if first_only else _OFFSETS):
             label = ax.annotate(text, (r[key], r["top1"]), textcoords="offset points", xytext=(dx, dy),
                                 ha="left" if dx > 0 else "right", fontsize=8,
                                 color="crimson" if any(m["user"] for m in group) else "0.2",
@@ -195,21 +199,22 @@ def _place_labels(fig, ax, records: List[dict], key: str, first_only: bool = Fal
             label.update_positions(renderer)
             box = Text.get_window_extent(label, renderer)  # the text only, not its leader line
             rect = (box.x0, box.y0, box.x1, box.y1)
-            fits = (frame.x0 <= rect[0] and rect[2] <= frame.x1 and frame.y0 <= rect[1] and rect[3] <= frame.y1
-                    and not any(_overlap(rect, t) for t in taken))
-            if first_only:
+            clear = not any(_overlap(rect, t) for t in taken)
+            if first_only:  # crowded: the label right beside the marker covers another label or marker
                 label.remove()
-                if fits:
-                    taken.append(rect)
-                else:
-                    crowded.extend(group)
-                placed = True
+                taken.append(rect)
+                placed = clear
                 break
+            fits = clear and frame.x0 <= rect[0] and rect[2] <= frame.x1 and frame.y0 <= rect[1] and rect[3] <= frame.y1
             if fits:
                 taken.append(rect)
                 placed = True
                 break
             label.remove()
+        if first_only:
+            if not placed:
+                crowded.extend(group)
+            continue
         if not placed:  # no free spot: keep the first choice rather than drop the name
             ax.annotate(text, (r[key], r["top1"]), textcoords="offset points", xytext=_OFFSETS[0],
                         fontsize=8, color="0.2")
