@@ -15,6 +15,7 @@ exactly the batches the uninterrupted run saw from batch k on. See docs/data.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import math
 import os
@@ -419,11 +420,12 @@ def _render(size: int, scene, clutter, obj, noise_seed: int) -> np.ndarray:
     return (img * 255 + 0.5).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=4)  # a search and the training after it in one process build the same data
 def generate_shapes(num: int, size: int, seed: int, num_clutter: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """`num` images (uint8, N x 3 x size x size) of one of 10 classes (shape x solid/striped), balanced.
 
     Position, size, rotation, colours, background ramp, stripe direction, clutter (small shapes behind and in
-    front) and pixel noise are random. Same arguments -> the same bits.
+    front) and pixel noise are random. Same arguments -> the same bits. The result is cached: do not modify it.
     """
     rng = np.random.default_rng([seed, num, size])
     labels = rng.permutation(np.arange(num) % len(EMBEDDED_CLASSES))
@@ -716,8 +718,10 @@ def create_loader(dataset: Dataset, cfg: DataConfig, batch_size: int, train: boo
                                **replicas)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
+    # its own generator: DataLoader would otherwise draw the workers' base seed from the global torch RNG
     return DataLoader(wrapped, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-                      pin_memory=pin_memory, persistent_workers=workers > 0)
+                      pin_memory=pin_memory, persistent_workers=workers > 0,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------------------------------------- CLI
