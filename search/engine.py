@@ -421,12 +421,17 @@ class TrainLoop:
             loader = self.make_loader(self.epoch)
             total = len(loader)
             start = self.batch_in_epoch
-            it = iter(loader)
+            it = None if start else iter(loader)
             if start:
+                sampler = getattr(loader, "sampler", None)
                 if self.skip_batches is not None:
                     self.skip_batches(loader, start)
                     it = iter(loader)
+                elif sampler is not None and hasattr(sampler, "start_batch"):  # nas_zoo.search.data's sampler
+                    sampler.set_epoch(self.epoch, start_batch=start)
+                    it = iter(loader)
                 else:  # generic: draw and drop; the RNG state restored below undoes what this consumed
+                    it = iter(loader)
                     for _ in range(start):
                         next(it)
             if self._pending_rng is not None:

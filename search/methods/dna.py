@@ -375,27 +375,26 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
     image_size = _image_size(data_cfg, cfg)
     logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
 
-    # 1. teacher
+    # 1. teacher: its blocks are matched to the student stages before anything is trained
     teacher_weights = run_dir / "teacher" / "model.pt"
-    if cfg["teacher"]["train"]["epochs"] > 0:
+    train_teacher = cfg["teacher"]["train"]["epochs"] > 0
+    torch.manual_seed(seed)  # the same teacher initialisation in every process
+    teacher = build_teacher(cfg, train_ds.num_classes, for_training=train_teacher)
+    _check_teacher_blocks(teacher, source)
+    stage_cfgs = cfg["supernet"]["stages"]
+    t_shapes = teacher_block_shapes(teacher, image_size)
+    idx = match_stages(t_shapes, [s for _, s, _ in stage_cfgs], cfg["teacher"]["stage_blocks"], source)
+    chans = [t_shapes[i][0] for i in idx]
+    if train_teacher:
         if not teacher_weights.exists():
-            model = build_teacher(cfg, train_ds.num_classes, for_training=True)
-            _check_teacher_blocks(model, source)
-            metrics = train_classifier(model, cfg["teacher"]["train"], cfg["engine"], data_cfg, ctx,
+            metrics = train_classifier(teacher, cfg["teacher"]["train"], cfg["engine"], data_cfg, ctx,
                                        run_dir / "teacher", seed=seed, desc="teacher", key="teacher.train")
             logger.log({"phase": "teacher", **metrics})
         teacher = build_teacher(cfg, train_ds.num_classes)
         teacher.load_state_dict(load_checkpoint(teacher_weights))
-    else:
-        teacher = build_teacher(cfg, train_ds.num_classes)
-    _check_teacher_blocks(teacher, source)
     teacher.to(ctx.device)
     for p in teacher.parameters():
         p.requires_grad_(False)
-    t_shapes = teacher_block_shapes(teacher, image_size)
-    stage_cfgs = cfg["supernet"]["stages"]
-    idx = match_stages(t_shapes, [s for _, s, _ in stage_cfgs], cfg["teacher"]["stage_blocks"], source)
-    chans = [t_shapes[i][0] for i in idx]
 
     # 2. supernet (same init in every process: seeded before construction)
     torch.manual_seed(seed)
