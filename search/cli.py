@@ -62,8 +62,11 @@ def _write_once(run_dir: Path, resolved: dict, record: dict, ctx) -> None:
     from .config import dump_yaml, read_yaml
     text = dump_yaml(resolved)
     target = run_dir / "resolved.yaml"
-    if target.exists():
-        if read_yaml(target) != resolved:
+    ctx.barrier()  # every process looks before rank 0 writes
+    existing = read_yaml(target) if target.exists() else None
+    ctx.barrier()
+    if existing is not None:
+        if existing != resolved:
             raise RunDirError(f"{run_dir} already holds a run with another config; use `nas-zoo-search resume "
                               f"{run_dir}` to continue it or choose another --out")
         return
