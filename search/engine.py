@@ -20,6 +20,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
@@ -127,7 +128,9 @@ class AllReduceBatchNorm(nn.BatchNorm2d):
         n_local = x.numel() // x.shape[1]
         stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)),
                            x.new_full((1,), float(n_local))])
-        stats = all_reduce(stats)
+        with warnings.catch_warnings():  # deprecated in favour of a private module; still the autograd-aware one
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(stats)
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

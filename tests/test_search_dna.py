@@ -88,7 +88,7 @@ def _search(tmp_path, name, *overrides, nproc=1):
         out = cli("dna", "--config", config, "--out", run_dir, *overrides)
     else:
         out = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-                              "--master_port=0", "-m", "nas_zoo.search.cli", "dna", "--config", str(config),
+                              "--standalone", "-m", "nas_zoo.search.cli", "dna", "--config", str(config),
                               "--out", str(run_dir), *overrides], env=env(), cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     return run_dir
@@ -108,14 +108,21 @@ def test_cli_search_then_train_the_found_model(tmp_path):
         assert entry["arch"]["block_args"][s + 1] == [
             op_block_string(PRIMITIVES[c], (2, 2, 2, 1, 2, 1)[s] if i == 0 else 1, (8, 16, 16, 24, 24, 32)[s])
             for i, c in enumerate(path)]
-    pot = yaml.safe_load((run_dir / "potentials" / "potential-1.yaml").read_text())
+    pot = yaml.safe_load((run_dir / "potentials" / "official" / "potential-1.yaml").read_text())
     assert sorted(pot) == ["cl_loss", "gr_loss", "loss", "prec1", "rela_loss", "sq_loss", "top_index"]
     assert len(pot["cl_loss"]) == 36 and min(pot["cl_loss"]) > 0  # single process: real values, not zeros
 
     import timm
     import nas_zoo
     name = nas_zoo.register_entry(run_dir / "entry.yaml")
-    assert timm.create_model(name, num_classes=10)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    model = timm.create_model(name, num_classes=10)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    from nas_zoo.cost import count_macs
+    from nas_zoo.search.methods.dna_select import load_potentials
+    assert count_macs(model, (3, 32, 32)) / 1e6 == pytest.approx(entry["provenance"]["cost"]["macs_m"], rel=1e-9)
+    ours = load_potentials([run_dir / "potentials" / f"potential-{s}.yaml" for s in range(6)])
+    assert [p.depth for p in ours] == [1, 2, 1, 1, 1, 1]
+    assert list(ours[1].metrics["cl_loss"]) == pytest.approx(pot["cl_loss"])
 
     train_cfg = {"seed": 0, "data": {"kind": "embedded", "num_train": 1024, "num_val": 256, "augment": False,
                                      "classes": 2},

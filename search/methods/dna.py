@@ -77,9 +77,12 @@ SCHEMA = {
     "potential": {
         "batches": Opt(int, 19, help="validation batches per candidate (official: potential_eval_times - 1)"),
         "batch_size": Opt(int, 64),
+        "official_format": Opt(bool, True, help="also write potentials/official/potential-<s>.yaml as the "
+                                                "official code does (for process_potential.py)"),
     },
     "search": {
-        "budget": Opt(float, help="MACs budget of the found model, in millions (MMACs)"),
+        "budget": Opt(float, help="budget of the found model: millions of MACs / params, or ms of latency"),
+        "cost": Opt(str, "macs", choices=("macs", "params", "latency"), help="what the budget limits"),
         "metric": Opt(str, "cl_loss", choices=METRICS),
         "image_size": Opt((int, type(None)), None, help="resolution the MACs are counted at (None: data.image_size)"),
     },
@@ -294,8 +297,17 @@ def stage_potentials(stage: nn.Module, inputs: List[torch.Tensor], targets: List
     return out
 
 
-def write_potential(potential: Dict[str, list], path: Path) -> None:
-    """The official format: one mapping per stage, keys sorted, block-style lists (yaml.safe_dump)."""
+def write_potential(potential: Dict[str, list], stage: int, layers: int, ops: Sequence[str], path: Path) -> None:
+    """dna_select's format (self-describing: stage, depth, primitives, one line per candidate; atomic write)."""
+    from .dna_select import StagePotentials, save_potentials
+    cands = np.array(list(itertools.product(range(len(ops)), repeat=layers)), dtype=np.int64).reshape(-1, layers)
+    pot = StagePotentials(stage=stage, depth=layers, ops=cands, metrics={k: potential[k] for k in METRICS},
+                          primitives=list(ops), source=str(path))
+    save_potentials(path, pot)
+
+
+def write_official_potential(potential: Dict[str, list], path: Path) -> None:
+    """The official format (process_potential.py input): keys sorted, block-style lists (yaml.safe_dump)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(yaml.safe_dump(dict(potential), default_flow_style=False))
     os.replace(tmp, path)
@@ -314,38 +326,29 @@ def export_arch(cfg: dict, supernet: DNASupernet, paths: Sequence[Sequence[int]]
             "drop_rate": e["drop_rate"], "drop_path_rate": e["drop_path_rate"]}
 
 
-def macs_table(cfg: dict, supernet: DNASupernet, image_size: int, num_classes: int):
-    """Per stage, layer and op: MACs (millions) of that op in the retrained net; plus the fixed rest."""
-    from timm.models.efficientnet import EfficientNet
-    from ...cost import count_macs
-    from ...families.efficientnet import model_kwargs
-    from ..spaces.dna import build_block, op_block_string
+COST_SCALE = {"macs": 1e6, "params": 1e6, "latency": 1.0}  # config budgets: MMACs, M params, ms
 
-    first = [[0] * d for d in supernet.depths]
-    arch = export_arch(cfg, supernet, first)
+
+def cost_tables(cfg: dict, supernet: DNASupernet, image_size: int, num_classes: int,
+                metrics: Sequence[str] = ("macs", "params")):
+    """Lookup tables (nas_zoo.search.cost) of the retrained net: every op of every searched layer, plus the fixed
+    stem and head, measured at `image_size`; MACs and parameters are exact sums."""
+    from timm.models.efficientnet import EfficientNet
+    from ...families.efficientnet import model_kwargs
+    from ..cost import chain_layers, fixed_parts, measure_cost_tables
+    from ..spaces.dna import op_block_string
+
+    widths = stage_widths(cfg)
+    stages = [[[op_block_string(op, stride if layer == 0 else 1, widths[s]) for op in supernet.ops]
+               for layer in range(layers)] for s, (_, stride, layers) in enumerate(cfg["supernet"]["stages"])]
+    arch = export_arch(cfg, supernet, [[0] * d for d in supernet.depths])
     with torch.device("meta"):
-        model = EfficientNet(num_classes=num_classes, **model_kwargs(arch))
-    total0 = count_macs(model, (3, image_size, image_size))
-    # walk the resolution through the net: stem /2, then each stage's stride
-    size = image_size // 2
-    cin = model.blocks[0][-1].conv_pw.out_channels
-    table, chosen0 = [], 0
-    for s, (hidden, stride, layers) in enumerate(cfg["supernet"]["stages"]):
-        rows = []
-        for layer in range(layers):
-            st = stride if layer == 0 else 1
-            row = []
-            for op in supernet.ops:
-                with torch.device("meta"):
-                    block = build_block(op_block_string(op, st, hidden), cin if layer == 0 else hidden)
-                row.append(count_macs(block, (cin if layer == 0 else hidden, size, size)) / 1e6)
-            rows.append(row)
-            chosen0 += row[0]
-            if layer == 0:
-                size = -(-size // st)
-        cin = hidden
-        table.append(rows)
-    return table, total0 / 1e6 - chosen0
+        child = EfficientNet(num_classes=num_classes, **model_kwargs(arch))
+    names = ["conv_stem", "bn1", "blocks.0", "conv_head", "bn2", "global_pool", "classifier"]
+    fixed = fixed_parts(child, (3, image_size, image_size), names)
+    first_input = fixed_parts(child, (3, image_size, image_size), ["blocks.1"])[0].input_size
+    layers = chain_layers(stages, first_input)
+    return measure_cost_tables(layers, tuple(metrics), fixed=fixed, device="cpu", batch_size=1)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -410,7 +413,7 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
                                                         "processes")
     stages_todo = d["stages"] if d["stages"] is not None else list(range(len(stage_cfgs)))
     pot_dir = run_dir / "potentials"
-    pot_dir.mkdir(parents=True, exist_ok=True)
+    (pot_dir / "official").mkdir(parents=True, exist_ok=True)
 
     # fixed batches for the potentials: the reset batch = the first training batch, then `batches` val batches
     reset_images = next(iter(create_loader(train_ds, data_cfg, cfg["potential"]["batch_size"], train=True,
@@ -471,7 +474,9 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
         pot = stage_potentials(plain.eval(), inputs, targets, reset_in, len(plain.layers[0].ops), ctx,
                                desc=f"potential {s}")
         if ctx.is_main:
-            write_potential(pot, pot_file)
+            if cfg["potential"]["official_format"]:
+                write_official_potential(pot, pot_dir / "official" / f"potential-{s}.yaml")
+            write_potential(pot, s, len(plain.layers), plain.layers[0].op_names, pot_file)
             best = int(np.argmin(pot[cfg["search"]["metric"]]))
             logger.log({"phase": f"potential {s}", "candidates": len(pot["loss"]),
                         f"best_{cfg['search']['metric']}": pot[cfg["search"]["metric"]][best]})
@@ -521,15 +526,17 @@ def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_class
     from . import dna_select
     from ...entry import ArchEntry, load_entry
 
-    pot_files = [str(run_dir / "potentials" / f"potential-{s}.yaml") for s in range(len(supernet.stages))]
+    pot_dir = run_dir / "potentials"
+    pot_files = [str(pot_dir / f"potential-{s}.yaml") for s in range(len(supernet.stages))]
     stages = dna_select.load_potentials(pot_files)
-    table, fixed = macs_table(cfg, supernet, image_size, num_classes)
-    costs = dna_select.CostTable(stages=table, fixed=fixed)
+    kind = cfg["search"]["cost"]
+    metrics = ("macs", "params") + (("latency",) if kind == "latency" else ())
+    tables = cost_tables(cfg, supernet, image_size, num_classes, metrics)
     if ctx.is_main:
-        tmp = run_dir / ".cost_table.json.tmp"
-        tmp.write_text(json.dumps({"unit": "MMACs", "image_size": image_size, "stages": table, "fixed": fixed}))
-        os.replace(tmp, run_dir / "cost_table.json")
-    selection = dna_select.select(stages, costs, cfg["search"]["budget"], metric=cfg["search"]["metric"])
+        for name, table in tables.items():
+            table.save(pot_dir / f"cost-{name}.json")
+    budget = cfg["search"]["budget"] * COST_SCALE[kind]
+    selection = dna_select.select(stages, tables[kind], budget, metric=cfg["search"]["metric"])
     paths = [list(map(int, p)) for p in selection.stages]
     arch = export_arch(cfg, supernet, paths)
     supernet_file = run_dir / "supernet.pt"
@@ -537,14 +544,16 @@ def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_class
         "name": cfg["name"], "family": "efficientnet",
         "description": f"Searched by DNA (nas_zoo.search) with teacher "
                        f"{cfg['teacher']['model'] or 'trained from teacher.arch'} under {cfg['search']['budget']:g} "
-                       f"MMACs at {image_size}px.",
+                       f"{dict(macs='MMACs', params='M params', latency='ms')[kind]} at {image_size}px.",
         "arch": arch, "pretrained": {},
         "provenance": {
             "method": "dna", "config": str(run_dir / "resolved.yaml"), "data": copy.deepcopy(cfg["data"]),
             "potentials": pot_files, "supernet": str(supernet_file),
             "supernet_op_indices": paths, "ops": list(supernet.ops),
-            "cost": {"unit": "MMACs", "image_size": image_size, "budget": cfg["search"]["budget"],
-                     "macs": float(selection.cost), "table": str(run_dir / "cost_table.json")},
+            "cost": {"kind": kind, "image_size": image_size, "budget": cfg["search"]["budget"],
+                     "value": float(selection.cost) / COST_SCALE[kind],
+                     "macs_m": tables["macs"].price(paths) / 1e6, "params_m": tables["params"].price(paths) / 1e6,
+                     "tables": {k: str(pot_dir / f"cost-{k}.json") for k in tables}},
             "score": {"metric": cfg["search"]["metric"], "sum": float(selection.score)},
         }}, source=str(run_dir / "entry.yaml"))
     if ctx.is_main:
@@ -554,4 +563,5 @@ def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_class
         entry.save(run_dir / "entry.yaml")
     ctx.barrier()
     return {"status": "done", "entry": str(run_dir / "entry.yaml"), "name": cfg["name"], "paths": paths,
-            "score": float(selection.score), "macs": float(selection.cost), "block_args": arch["block_args"]}
+            "score": float(selection.score), "macs": tables["macs"].price(paths) / 1e6,
+            "params": tables["params"].price(paths) / 1e6, "block_args": arch["block_args"]}
