@@ -150,7 +150,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:2] == ["dna", "select"]:
         from .methods import dna_select
         return int(dna_select.main(argv[2:]) or 0)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may follow options: `train M --config F a.b=1`
+    bad = [x for x in extra if "=" not in x or x.startswith("-")]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     from ..checkpoint import CheckpointError
     from ..entry import EntryError
     from .config import ConfigError
