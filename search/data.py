@@ -19,6 +19,7 @@ import functools
 import hashlib
 import math
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -31,6 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder, VisionDataset
+from torchvision.datasets.utils import check_integrity
 
 __all__ = [
     "DataConfig", "DataError", "EmbeddedShapes", "ResumableSampler", "TransformedDataset", "build_dataset",
@@ -56,7 +59,7 @@ class DataError(ValueError):
 _SMALL_DEFAULTS = dict(image_size=32, interpolation="bilinear", crop_pct=1.0, train_crop="pad", scale=(0.08, 1.0),
                        ratio=(3 / 4, 4 / 3), hflip=0.5, color_jitter=0.0)
 _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "embedded": dict(_SMALL_DEFAULTS, num_train=5000, num_val=1000, mean=(0.5, 0.5, 0.5), std=(0.28, 0.28, 0.28)),
+    "embedded": dict(_SMALL_DEFAULTS, num_train=5000, num_val=1000, mean=(0.5, 0.5, 0.5), std=(0.29, 0.29, 0.29)),
     "cifar10": dict(_SMALL_DEFAULTS, mean=CIFAR10_MEAN, std=CIFAR10_STD),
     "cifar100": dict(_SMALL_DEFAULTS, mean=CIFAR100_MEAN, std=CIFAR100_STD),
     "imagefolder": dict(image_size=224, interpolation="bilinear", crop_pct=0.875, train_crop="rrc", scale=(0.08, 1.0),
@@ -73,7 +76,9 @@ class DataConfig:
         cifar-100-python/); not used by 'embedded'
     classes: a class-list file (one name per line) or a number of classes picked by `seed` (make_class_subset)
     num_train, num_val: sizes of the embedded dataset; caps (a seeded random subset) for real data
-    verify: check the CIFAR files against torchvision's md5 sums (turn off for re-packed or synthetic files)
+    val_fraction: hold out this fraction of every class of the train split as the val split (the train split
+        keeps the rest; val_split is not used), e.g. 0.2 for the 80/20 search split of DenseNAS
+    verify: check the CIFAR files against torchvision's md5 sums (off for re-packed or synthetic files)
     the rest are timm.data.create_transform arguments; train_crop 'pad' is the CIFAR-style
         RandomCrop(image_size, padding=crop_padding) instead of timm's random-resized crop
     """
@@ -86,6 +91,7 @@ class DataConfig:
     image_size: int | None = None
     num_train: int | None = None
     num_val: int | None = None
+    val_fraction: float | None = None
     seed: int = 0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -211,6 +217,10 @@ def _resolve(d: dict[str, Any], where: str) -> dict[str, Any]:
         _check_str(where, "train_crop", d["train_crop"], TRAIN_CROPS)
     if "re_mode" in d:
         _check_str(where, "re_mode", d["re_mode"], RE_MODES)
+    if d.get("val_fraction") is not None:
+        out["val_fraction"] = _check_float(where, "val_fraction", d["val_fraction"], 0.0, 1.0)
+        if not 0.0 < out["val_fraction"] < 1.0:
+            raise DataError(f"{where}.val_fraction: expected a fraction between 0 and 1, got {d['val_fraction']}")
     if d.get("crop_pct") is not None:
         out["crop_pct"] = _check_float(where, "crop_pct", d["crop_pct"], 0.05, 1.0)
     for key in ("hflip", "vflip", "re_prob"):
@@ -270,6 +280,7 @@ def write_class_list(names: Sequence[str], out: str | Path) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write("".join(f"{n}\n" for n in names))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a class list is meant to be shared
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -314,6 +325,8 @@ def _select_classes(cfg: DataConfig, all_names: Sequence[str]) -> list[str] | No
     if cfg.classes is None:
         return None
     if isinstance(cfg.classes, int):
+        if cfg.classes > len(all_names):
+            raise DataError(f"data.classes: expected a number of classes in [1, {len(all_names)}], got {cfg.classes}")
         return make_class_subset(list(all_names), cfg.classes, cfg.seed)
     return read_class_list(cfg.classes, known=all_names)
 
@@ -325,7 +338,7 @@ FILLS = ("solid", "striped")
 EMBEDDED_CLASSES = tuple(f"{shape}_{fill}" for shape in SHAPES for fill in FILLS)
 _F32 = np.float32
 _TRIANGLE_NORMALS = [(math.cos(a), math.sin(a)) for a in (math.pi / 2, math.pi * 7 / 6, math.pi * 11 / 6)]
-_RENDER_CHUNK = 256  # images rendered together: keeps the float buffers in cache; part of the noise seeding
+_RENDER_CHUNK = 32  # images rendered together: small buffers stay in cache and off mmap; part of the noise seeding
 
 
 def _signed_distance(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -414,8 +427,9 @@ def _render(size: int, scene, clutter, obj, noise_seed: int) -> np.ndarray:
     _paint(img, alpha, col(obj["colour"]) + stripes[:, None] * col(obj["colour2"] - obj["colour"]))
     for c in clutter[half:]:
         _paint(img, _coverage(size, c)[0] * c["present"][:, None, None], col(c["colour"]))
-    noise = np.random.default_rng(int(noise_seed)).standard_normal(img.shape, dtype=_F32)
-    img += noise * scene["noise"][:, None, None, None]
+    # uniform noise with the drawn standard deviation: several times cheaper to draw than normal noise
+    noise = np.random.default_rng(int(noise_seed)).random(img.shape, dtype=_F32) - 0.5
+    img += noise * (math.sqrt(12) * scene["noise"][:, None, None, None])
     np.clip(img, 0, 1, out=img)
     return (img * 255 + 0.5).astype(np.uint8)
 
@@ -472,13 +486,11 @@ class EmbeddedShapes(Dataset):
 
 # --------------------------------------------------------------------------------------------------- real datasets
 
-class _Capped(Dataset):
-    """A seeded random subset of at most `cap` samples (kept in the original order), for quick runs."""
+class _Subset(Dataset):
+    """Some samples of a dataset, with its `.classes` and the matching `.targets`."""
 
-    def __init__(self, dataset, cap: int, seed: int):
-        self.dataset = dataset
-        g = torch.Generator().manual_seed(seed)
-        self.indices = torch.randperm(len(dataset), generator=g)[:cap].sort().values.tolist()
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
         self.classes, self.class_to_idx = dataset.classes, dataset.class_to_idx
         self.targets = [dataset.targets[i] for i in self.indices]
 
@@ -491,6 +503,29 @@ class _Capped(Dataset):
 
     def __getitem__(self, index: int):
         return self.dataset[self.indices[index]]
+
+
+def _capped(dataset, cap: int | None, seed: int):
+    """A seeded random subset of at most `cap` samples, in the original order (quick runs on real data)."""
+    if cap is None or cap >= len(dataset):
+        return dataset
+    g = torch.Generator().manual_seed(seed)
+    return _Subset(dataset, torch.randperm(len(dataset), generator=g)[:cap].sort().values.tolist())
+
+
+def _holdout(dataset, fraction: float, seed: int, split: str):
+    """A seeded per-class split: `fraction` of every class is 'val', the rest 'train'."""
+    g = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, t in enumerate(dataset.targets):
+        by_class.setdefault(t, []).append(i)
+    held: list[int] = []
+    for t in sorted(by_class):
+        members = torch.tensor(by_class[t])
+        held += members[torch.randperm(len(members), generator=g)[:round(fraction * len(members))]].tolist()
+    held_set = set(held)
+    keep = sorted(held) if split == "val" else [i for i in range(len(dataset)) if i not in held_set]
+    return _Subset(dataset, keep)
 
 
 def _split_dir(cfg: DataConfig, split: str) -> Path:
@@ -506,22 +541,83 @@ def _split_dir(cfg: DataConfig, split: str) -> Path:
     raise DataError(f"data.{key}: no folder {root / name} (set data.{key} to the folder name of the {split} split)")
 
 
-def _image_folder(cfg: DataConfig, split: str):
-    from torchvision.datasets import ImageFolder
+class _ClassListFolder(ImageFolder):
+    """ImageFolder over the listed classes only, labelled in list order."""
 
+    def __init__(self, root: str, classes: Sequence[str]):
+        self._class_list = list(classes)
+        super().__init__(root)
+
+    def find_classes(self, directory):
+        return list(self._class_list), {c: i for i, c in enumerate(self._class_list)}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads the CIFAR pickles: containers, strings, numbers and numpy arrays; any other global is refused, so an
+    unverified file cannot run code."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # numpy 1 and 2 module names:
+                *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            entry = _ArrayUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # any malformed content
+        raise DataError(f"{path}: not a CIFAR pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: not a CIFAR pickle (a {type(entry).__name__}, not a dict)")
+    return entry
+
+
+def _load_cifar(base: type, root: Path, files: Sequence[str], num_classes: int):
+    """torchvision's CIFAR10/CIFAR100 dataset (its __getitem__, attributes and repr) filled by a loader that
+    unpickles arrays only; checks what torchvision takes on trust (shapes, label range)."""
+    folder = root / base.base_folder
+    data, targets = [], []
+    for filename in files:
+        entry = _read_cifar_pickle(folder / filename)
+        labels = entry.get("labels", entry.get("fine_labels"))
+        array = entry.get("data")
+        if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 2 or array.shape[1] != 3072:
+            raise DataError(f"{folder / filename}: 'data' must be a uint8 array of N x 3072 pixels")
+        if labels is None or len(labels) != len(array):
+            raise DataError(f"{folder / filename}: expected one label per image under 'labels' or 'fine_labels'")
+        labels = [int(t) for t in labels]
+        if labels and not 0 <= min(labels) <= max(labels) < num_classes:
+            raise DataError(f"{folder / filename}: labels outside [0, {num_classes})")
+        data.append(array)
+        targets.extend(labels)
+    meta_path = folder / base.meta["filename"]
+    classes = _read_cifar_pickle(meta_path).get(base.meta["key"])
+    if not isinstance(classes, list) or len(classes) != num_classes:
+        raise DataError(f"{meta_path}: expected {num_classes} class names under {base.meta['key']!r}")
+    dataset = base.__new__(base)
+    VisionDataset.__init__(dataset, str(root))
+    dataset.train = files == [f for f, _ in base.train_list]
+    dataset.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision keeps it
+    dataset.targets = targets
+    dataset.classes = [str(c) for c in classes]
+    dataset.class_to_idx = {c: i for i, c in enumerate(dataset.classes)}
+    return dataset
+
+
+def _image_folder(cfg: DataConfig, split: str):
     directory = _split_dir(cfg, split)
     all_names = _class_dirs(_split_dir(cfg, "train"))  # labels follow the train split, whatever val holds
     subset = _select_classes(cfg, all_names) or all_names
     missing = [c for c in subset if not (directory / c).is_dir()]
     if missing:
         raise DataError(f"{directory}: no folder for class(es) {', '.join(missing[:5])}")
-
-    class Folder(ImageFolder):
-        def find_classes(self, _directory):
-            return list(subset), {c: i for i, c in enumerate(subset)}
-
     try:
-        dataset = Folder(str(directory))
+        dataset = _ClassListFolder(str(directory), subset)
     except FileNotFoundError as e:  # a class folder without images
         raise DataError(f"{directory}: {e}") from None
     dataset.num_classes = len(dataset.classes)
@@ -529,9 +625,6 @@ def _image_folder(cfg: DataConfig, split: str):
 
 
 def _cifar(cfg: DataConfig, split: str):
-    from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import check_integrity
-
     base = CIFAR10 if cfg.kind == "cifar10" else CIFAR100
     root = Path(cfg.root)
     if not root.is_dir():
@@ -541,19 +634,15 @@ def _cifar(cfg: DataConfig, split: str):
         key = "train_split" if split == "train" else "val_split"
         raise DataError(f"data.{key}: CIFAR has the splits train and test (val = test), got {name!r}")
     folder = root / base.base_folder
-    for filename, md5 in [*base.train_list, *base.test_list, [base.meta["filename"], base.meta["md5"]]]:
+    needed = base.train_list if name == "train" else base.test_list
+    for filename, md5 in [*needed, [base.meta["filename"], base.meta["md5"]]]:
         path = folder / filename
         if not path.is_file():
             raise DataError(f"{path}: CIFAR file not found (data.root must hold {base.base_folder}/)")
         if cfg.verify and not check_integrity(str(path), md5):
             raise DataError(f"{path}: md5 differs from the official {cfg.kind} file "
                             "(set data.verify: false for re-packed files)")
-    cls = base
-    if not cfg.verify:  # torchvision skips the md5 comparison for a checksum of None, keeping the existence check
-        cls = type(base.__name__, (base,), dict(
-            train_list=[[f, None] for f, _ in base.train_list], test_list=[[f, None] for f, _ in base.test_list],
-            meta=dict(base.meta, md5=None)))
-    dataset = cls(str(root), train=name == "train", download=False)
+    dataset = _load_cifar(base, root, [f for f, _ in needed], 10 if base is CIFAR10 else 100)
     subset = _select_classes(cfg, dataset.classes)
     if subset is not None:
         old_to_new = {dataset.class_to_idx[c]: i for i, c in enumerate(subset)}
@@ -571,17 +660,18 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
     the dataset has `.classes` (label order) and `.num_classes`. create_loader adds the transforms."""
     if split not in ("train", "val"):
         raise DataError(f"build_dataset: split must be 'train' or 'val', got {split!r}")
-    cap = cfg.num_train if split == "train" else cfg.num_val
+    source = "train" if cfg.val_fraction else split
     if cfg.kind == "embedded":
+        num = cfg.num_train if source == "train" else cfg.num_val
         subset = _select_classes(cfg, EMBEDDED_CLASSES)
-        # generate enough images that the subset still has `cap` of them
-        total = cap if subset is None else math.ceil(cap * len(EMBEDDED_CLASSES) / len(subset))
-        dataset = EmbeddedShapes(split, total, cfg.image_size, cfg.seed, subset)
-        return dataset if len(dataset) <= cap else _Capped(dataset, cap, cfg.seed)
-    dataset = _image_folder(cfg, split) if cfg.kind == "imagefolder" else _cifar(cfg, split)
-    if cap is not None and cap < len(dataset):
-        dataset = _Capped(dataset, cap, cfg.seed)
-    return dataset
+        # generate enough images that the subset still has `num` of them
+        total = num if subset is None else math.ceil(num * len(EMBEDDED_CLASSES) / len(subset))
+        dataset = _capped(EmbeddedShapes(source, total, cfg.image_size, cfg.seed, subset), num, cfg.seed)
+        return _holdout(dataset, cfg.val_fraction, cfg.seed, split) if cfg.val_fraction else dataset
+    dataset = _image_folder(cfg, source) if cfg.kind == "imagefolder" else _cifar(cfg, source)
+    if cfg.val_fraction:
+        dataset = _holdout(dataset, cfg.val_fraction, cfg.seed, split)
+    return _capped(dataset, cfg.num_train if split == "train" else cfg.num_val, cfg.seed)
 
 
 # ------------------------------------------------------------------------------------------------------ transforms
@@ -590,26 +680,27 @@ def build_transform(cfg: DataConfig, train: bool) -> Callable:
     """timm.data.create_transform from the config; train_crop 'pad' swaps the random-resized crop for a padded
     random crop (the CIFAR recipe)."""
     from timm.data import create_transform
+    from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_interp_mode
     from torchvision import transforms
 
     mean = cfg.mean * 3 if len(cfg.mean) == 1 else cfg.mean
     std = cfg.std * 3 if len(cfg.std) == 1 else cfg.std
+    fixed_interpolation = "bilinear" if cfg.interpolation == "random" else cfg.interpolation  # for plain resizes
     kwargs = dict(input_size=cfg.image_size, interpolation=cfg.interpolation, mean=mean, std=std,
                   crop_pct=cfg.crop_pct)
-    if not train:
-        return create_transform(is_training=False, **kwargs)
-    if not cfg.augment:
-        return create_transform(is_training=True, no_aug=True, **kwargs)
+    if not train or not cfg.augment:
+        return create_transform(**dict(kwargs, interpolation=fixed_interpolation), is_training=train, no_aug=True)
     kwargs.update(scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, vflip=cfg.vflip,
                   color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
                   re_mode=cfg.re_mode, re_count=cfg.re_count)
     if cfg.train_crop == "rrc":
         return create_transform(is_training=True, **kwargs)
     primary, secondary, final = create_transform(is_training=True, separate=True, **kwargs)
-    crop = [transforms.Resize(cfg.image_size, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(cfg.image_size)] if not _native_size(cfg) else []
+    crop = [] if _native_size(cfg) else [
+        transforms.Resize(cfg.image_size, interpolation=str_to_interp_mode(fixed_interpolation)),
+        transforms.CenterCrop(cfg.image_size)]
     crop.append(transforms.RandomCrop(cfg.image_size, padding=cfg.crop_padding))
-    flips = list(primary.transforms[1:])  # [0] is the random-resized crop
+    flips = [t for t in primary.transforms if not isinstance(t, RandomResizedCropAndInterpolation)]
     return transforms.Compose([*crop, *flips, *secondary.transforms, *final.transforms])
 
 

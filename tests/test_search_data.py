@@ -68,12 +68,18 @@ def test_embedded_class_subset_by_count_and_file(tmp_path):
     assert sorted(set(ds.targets)) == [0, 1]
 
 
-def test_loader_batches_do_not_depend_on_worker_count():
-    cfg = embedded(num_train=96)
+@pytest.mark.parametrize("augmentation", [
+    {},  # the embedded default: padded crop, flip
+    {"train_crop": "rrc", "auto_augment": "rand-m9-mstd0.5", "re_prob": 0.5, "color_jitter": 0.4},  # all RNGs
+])
+def test_loader_batches_do_not_depend_on_worker_count(augmentation):
+    cfg = embedded(num_train=96, **augmentation)
     ds = build_dataset(cfg, "train")
     single = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=0, seed=5, epoch=2))
-    multi = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=2, seed=5, epoch=2))
-    assert_same_batches(single, multi)
+    multi_loader = create_loader(ds, cfg, batch_size=16, train=True, workers=2, seed=5, epoch=2)
+    assert_same_batches(single, batches(multi_loader))
+    multi_loader.sampler.set_epoch(2, start_batch=4)  # the persistent workers serve the resumed epoch too
+    assert_same_batches(single[4:], batches(multi_loader))
     other_epoch = batches(create_loader(ds, cfg, batch_size=16, train=True, workers=0, seed=5, epoch=3))
     assert not torch.equal(single[0][1], other_epoch[0][1])
 
@@ -94,8 +100,9 @@ def test_embedded_data_is_learnable_well_above_chance():
     cfg = DataConfig.from_dict({"kind": "embedded", "num_train": 3000, "num_val": 500})
     train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
 
-    def tensors(ds):
-        return (ds.images.float() / 255 - 0.5) / 0.28, torch.tensor(ds.targets)
+    def tensors(ds):  # the normalisation of the loader, without its augmentation
+        mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
+        return (ds.images.float() / 255 - mean) / std, torch.tensor(ds.targets)
 
     (x, y), (xv, yv) = tensors(train), tensors(val)
     torch.manual_seed(0)
@@ -121,6 +128,18 @@ def test_embedded_data_is_learnable_well_above_chance():
     with torch.no_grad():
         accuracy = (net(xv).argmax(1) == yv).float().mean().item()
     assert accuracy >= 0.4, f"val accuracy {accuracy:.3f}"
+
+
+def test_val_fraction_holds_out_part_of_every_class():
+    cfg = embedded(num_train=200, val_fraction=0.25)
+    train, val = build_dataset(cfg, "train"), build_dataset(cfg, "val")
+    assert len(train) == 150 and len(val) == 50
+    assert set(train.indices).isdisjoint(val.indices) and len(set(train.indices) | set(val.indices)) == 200
+    assert np.bincount(val.targets).tolist() == [5] * 10
+    assert val.indices == build_dataset(cfg, "val").indices
+    assert val.indices != build_dataset(embedded(num_train=200, val_fraction=0.25, seed=1), "val").indices
+    image, label = val[0]
+    assert label == val.dataset.targets[val.indices[0]] and isinstance(image, Image.Image)
 
 
 # ---------------------------------------------------------------------------------------------------- ImageFolder
@@ -193,12 +212,15 @@ def write_cifar(root, kind, per_file=4):
                                    "coarse_label_names": [f"coarse{i}" for i in range(20)]}
         num_classes = 100
     folder.mkdir(parents=True)
-    for name in files:
+    for number, name in enumerate(files):
         labels = [int(v) for v in rng.integers(0, num_classes, per_file)]
         labels[:2] = [0, 1]
         entry = {"data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8), label_key: labels}
-        with open(folder / name, "wb") as f:
-            pickle.dump(entry, f)
+        if number == 0:  # as the official files were written: protocol 2, numpy.core
+            raw = pickle.dumps(entry, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        else:
+            raw = pickle.dumps(entry)
+        (folder / name).write_bytes(raw)
     with open(folder / meta_name, "wb") as f:
         pickle.dump(meta, f)
     return root
@@ -229,6 +251,25 @@ def test_cifar_from_local_files(tmp_path, kind):
     assert sub.classes == [train.classes[1], train.classes[0]] and sub.num_classes == 2
     assert len(sub) == sum(t in (0, 1) for t in train.targets)
     assert [1 - t for t in sub.targets] == [t for t in train.targets if t in (0, 1)]
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must not run",))
+
+
+def test_cifar_pickles_may_hold_arrays_only(tmp_path, capsys):
+    root = write_cifar(tmp_path, "cifar10")
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((1, 3072), np.uint8), "labels": [0], "x": Payload()}, f)
+    cfg = DataConfig.from_dict({"kind": "cifar10", "root": str(root), "verify": False})
+    with pytest.raises(DataError, match=r"test_batch: not a CIFAR pickle .*refusing to load builtins\.print"):
+        build_dataset(cfg, "val")
+    assert "must not run" not in capsys.readouterr().out
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"data": np.zeros((2, 3072), np.uint8), "labels": [0, 10]}, f)
+    with pytest.raises(DataError, match=r"test_batch: labels outside \[0, 10\)"):
+        build_dataset(cfg, "val")
 
 
 def test_cifar_missing_file_is_named(tmp_path):
@@ -322,10 +363,29 @@ def test_distributed_loader_takes_rank_from_the_process_group(tmp_path):
     ({"classes": 2.5}, r"data\.classes: expected a class-list file or a number of classes"),
     ({"verify": "no"}, r"data\.verify: expected true or false"),
     ({"kind": "cifar10"}, r"data\.root: the dataset directory is required"),
+    ({"val_fraction": 1}, r"data\.val_fraction: expected a fraction between 0 and 1"),
+    ({"scale": [0.5]}, r"data\.scale: expected 2 numbers"),
 ])
 def test_bad_config_is_one_clear_error(section, message):
     with pytest.raises(DataError, match=message):
         DataConfig.from_dict(section)
+
+
+def test_config_defaults_per_kind_and_round_trip(tmp_path):
+    cfg = DataConfig.from_dict({"kind": "imagefolder", "root": str(tmp_path), "image_size": 160})
+    assert (cfg.crop_pct, cfg.train_crop, cfg.mean) == (0.875, "rrc", (0.485, 0.456, 0.406))
+    assert DataConfig.from_dict(cfg.to_dict()) == cfg
+    small = DataConfig(kind="cifar100", root=str(tmp_path), image_size=64)
+    assert (small.train_crop, small.crop_padding, small.crop_pct) == ("pad", 8, 1.0)
+
+
+def test_datasets_pickle_for_spawned_workers(tmp_path):
+    root = write_tree(tmp_path / "imnet", ["a", "b"], per_class=1)
+    for ds in (build_dataset(folder_cfg(root, classes=1), "train"), build_dataset(embedded(val_fraction=0.5), "val"),
+               build_dataset(DataConfig.from_dict({"kind": "cifar10", "root": str(write_cifar(tmp_path, "cifar10")),
+                                                   "verify": False}), "train")):
+        copy = pickle.loads(pickle.dumps(ds))
+        assert copy.classes == ds.classes and len(copy) == len(ds) and copy[0][1] == ds[0][1]
 
 
 def test_from_dict_names_the_section():
@@ -352,5 +412,5 @@ def test_bad_class_list_entry_is_named(tmp_path):
         build_dataset(folder_cfg(root, classes=str(listing)), "train")
     with pytest.raises(DataError, match=r"missing\.txt: file not found"):
         build_dataset(folder_cfg(root, classes=str(tmp_path / "missing.txt")), "train")
-    with pytest.raises(DataError, match=r"classes: expected a number of classes in \[1, 2\], got 3"):
+    with pytest.raises(DataError, match=r"data\.classes: expected a number of classes in \[1, 2\], got 3"):
         build_dataset(folder_cfg(root, classes=3), "train")
