@@ -113,6 +113,36 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def _distributed_training(bn: nn.Module) -> bool:
+    return bn.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _all_reduce_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """BatchNorm of x over the batch of all ranks (training mode), updating bn's running statistics."""
+    from torch.distributed.nn.functional import all_reduce
+
+    n_local = x.numel() // x.shape[1]
+    stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), x.new_full((1,), float(n_local))])
+    with warnings.catch_warnings():  # deprecated in favour of a private module; still the autograd-aware one
+        warnings.simplefilter("ignore", FutureWarning)
+        stats = all_reduce(stats)
+    c = x.shape[1]
+    n = stats[-1]
+    mean = stats[:c] / n
+    var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+    if bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            unbiased = var * n / (n - 1).clamp_min(1)
+            bn.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            bn.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+    y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + bn.eps)
+    if bn.affine:
+        y = y * bn.weight[None, :, None, None] + bn.bias[None, :, None, None]
+    return y
+
+
 class AllReduceBatchNorm(nn.BatchNorm2d):
     """BatchNorm over the batch of all ranks, for backends where torch's SyncBatchNorm does not run (gloo/CPU).
 
@@ -121,53 +151,44 @@ class AllReduceBatchNorm(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        return _all_reduce_batch_norm(self, x) if _distributed_training(self) else super().forward(x)
 
-        n_local = x.numel() // x.shape[1]
-        stats = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)),
-                           x.new_full((1,), float(n_local))])
-        with warnings.catch_warnings():  # deprecated in favour of a private module; still the autograd-aware one
-            warnings.simplefilter("ignore", FutureWarning)
-            stats = all_reduce(stats)
-        c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
-        if self.track_running_stats and self.running_mean is not None:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
-                unbiased = var * n / (n - 1).clamp_min(1)
-                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-                self.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
-        if self.affine:
-            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
+
+def _batchnorm_act_classes():
+    from timm.layers import BatchNormAct2d
+
+    class AllReduceBatchNormAct2d(BatchNormAct2d):
+        """timm's BatchNormAct2d (BN + drop + activation) with AllReduceBatchNorm's statistics."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not _distributed_training(self):
+                return super().forward(x)
+            return self.act(self.drop(_all_reduce_batch_norm(self, x)))
+
+    return BatchNormAct2d, AllReduceBatchNormAct2d
+
+
+_BN_ACT = None
 
 
 def convert_sync_batchnorm(module: nn.Module, ctx: DistContext) -> nn.Module:
-    """Make BatchNorm2d layers reduce over all ranks (torch SyncBatchNorm on GPU, AllReduceBatchNorm on CPU)."""
+    """Make BatchNorm layers (incl. timm's BatchNormAct2d) reduce over all ranks: timm's converter (torch
+    SyncBatchNorm) on GPU; on CPU the layers switch class in place to the all-reduce variants (same state)."""
+    global _BN_ACT
     if not ctx.distributed:
         return module
     if ctx.device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-
-    def convert(m: nn.Module) -> nn.Module:
-        if isinstance(m, nn.BatchNorm2d) and not isinstance(m, AllReduceBatchNorm):
-            new = AllReduceBatchNorm(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
-            new.load_state_dict(m.state_dict())
-            new.train(m.training)
-            for p_new, p_old in zip(new.parameters(), m.parameters()):
-                p_new.requires_grad_(p_old.requires_grad)
-            return new
-        for name, child in m.named_children():
-            setattr(m, name, convert(child))
-        return m
-
-    return convert(module)
+        from timm.layers import convert_sync_batchnorm as timm_convert
+        return timm_convert(module)
+    if _BN_ACT is None:
+        _BN_ACT = _batchnorm_act_classes()
+    bn_act, all_reduce_bn_act = _BN_ACT
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = AllReduceBatchNorm
+        elif type(m) is bn_act:
+            m.__class__ = all_reduce_bn_act
+    return module
 
 
 def wrap_ddp(module: nn.Module, ctx: DistContext, find_unused_parameters: bool = False) -> nn.Module:

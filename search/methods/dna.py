@@ -404,6 +404,7 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
     supernet = DNASupernet([tuple(s) for s in stage_cfgs], in_chs=chans[:-1], out_chs=chans[1:],
                            ops=cfg["supernet"]["ops"], stem_size=cfg["supernet"]["stem_size"],
                            stem_block=cfg["supernet"]["stem_block"]).to(ctx.device)
+    teacher_twin = copy.deepcopy(teacher)  # plain BatchNorm: potentials are per-process computations
     if cfg["engine"]["sync_bn"]:
         teacher = convert_sync_batchnorm(teacher, ctx)
     d = cfg["distill"]
@@ -429,6 +430,7 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
             continue
         stage = supernet.stages[s]
         module = stage
+        twin = copy.deepcopy(stage)
         if cfg["engine"]["sync_bn"]:
             module = convert_sync_batchnorm(stage, ctx)
             supernet.stages[s] = module
@@ -458,12 +460,12 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
                          amp=cfg["engine"]["amp"], clip_grad=d["clip_grad"], ckpt_every=cfg["engine"]["ckpt_every"],
                          logger=logger, desc=f"stage {s}")
         loop.run()
-        plain = _plain_bn_copy(module)
+        plain = _plain_copy(twin, module)
         if ctx.is_main:
             save_checkpoint(plain.state_dict(), run_dir / "stages" / f"stage{s}_weights.pt")
 
         # potentials: teacher recalibrated on the reset batch (official BN_Correction), features cached
-        teacher_plain = _plain_bn_copy(teacher)
+        teacher_plain = _plain_copy(teacher_twin, teacher)
         recalibrate_bn(lambda x: teacher_forward(teacher_plain, x, t_out), teacher_plain, reset_images)
         with torch.no_grad():
             reset_feats = teacher_forward(teacher_plain, reset_images, t_out)
@@ -503,22 +505,11 @@ def _image_size(data_cfg, cfg) -> int:
     return int(cfg["search"]["image_size"] or size or 224)
 
 
-def _plain_bn_copy(module: nn.Module) -> nn.Module:
-    """A copy with ordinary BatchNorm2d (potentials and exports are single-process computations)."""
-    from ..engine import AllReduceBatchNorm
-    module = copy.deepcopy(unwrap(module))
-
-    def convert(m):
-        if isinstance(m, (AllReduceBatchNorm, nn.SyncBatchNorm)):
-            new = nn.BatchNorm2d(m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats).to(
-                m.weight.device if m.weight is not None else "cpu")
-            new.load_state_dict(m.state_dict())
-            return new
-        for name, child in m.named_children():
-            setattr(m, name, convert(child))
-        return m
-
-    return convert(module)
+def _plain_copy(twin: nn.Module, trained: nn.Module) -> nn.Module:
+    """`twin` (same architecture, plain BatchNorm) with the state of `trained` (possibly synchronised BN / DDP)."""
+    out = copy.deepcopy(twin)
+    out.load_state_dict(unwrap(trained).state_dict())
+    return out
 
 
 def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_classes: int, image_size: int,
