@@ -124,8 +124,10 @@ def test_cli_search_then_train_the_found_model(tmp_path):
     assert [p.depth for p in ours] == [1, 2, 1, 1, 1, 1]
     assert list(ours[1].metrics["cl_loss"]) == pytest.approx(pot["cl_loss"])
 
+    classes = tmp_path / "classes.txt"  # two embedded classes that differ in shape and fill
+    classes.write_text("circle_solid\ncross_striped\n")
     train_cfg = {"seed": 0, "data": {"kind": "embedded", "num_train": 2048, "num_val": 256, "augment": False,
-                                     "classes": 2},
+                                     "classes": str(classes)},
                  "train": {"epochs": 6, "batch_size": 64, "opt": "adamw", "lr": 0.01, "weight_decay": 0.01,
                            "sched": "cosine", "label_smoothing": 0.0, "ema": True, "ema_decay": 0.9},
                  "engine": {"device": "cpu", "tensorboard": False}}
