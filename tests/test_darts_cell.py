@@ -296,3 +296,41 @@ def test_bad_arch_is_one_clear_entry_error(change, field, message):
     arch = {k: v for k, v in arch.items() if v is not None}
     with pytest.raises(EntryError, match=rf"field '{field}': .*{message}"):
         load_entry({"name": "bad", "family": "darts_cell", "arch": arch}, source="bad.yaml")
+
+
+def test_aux_head_below_its_minimum_size_is_one_clear_error():
+    model = timm.create_model(all_ops_entry("imagenet"), auxiliary=True).train()
+    with pytest.raises(AssertionError, match="auxiliary head needs a larger feature map"):
+        model(torch.randn(2, 3, 128, 128))
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 128, 128)).shape == (1, 1000)  # eval never runs the aux head
+
+
+RELEASED = {"cdarts_cifar": "cifar10", "cdarts_imagenet": "in1k"}
+
+
+@pytest.mark.parametrize("name", ENTRIES)
+def test_pretrained_cfg_carries_the_official_eval_and_provenance(name):
+    entry = nas_zoo.get_entry(name)
+    cifar = entry.arch["stem"] == "cifar"
+    assert entry.default_tag == ("cifar10" if cifar else "in1k")
+    cfg = entry.pretrained[entry.default_tag]
+    for key in ("license", "origin_url", "paper_ids", "official_note", "num_classes"):
+        assert cfg.get(key), key
+    if name in RELEASED:
+        assert cfg["hf_hub_id"] == f"nas-zoo/{name}.{RELEASED[name]}"
+        assert cfg["official_weights"] == "state_dict" and cfg["official_download"].startswith("https://")
+    else:  # architecture only: no weight source, and timm does not list it as pretrained
+        assert not any(cfg.get(k) for k in ("hf_hub_id", "url", "file"))
+        assert f"{name}.{entry.default_tag}" not in timm.list_models(pretrained=True)
+        assert cfg["official_note"].startswith("Architecture only")
+    model = timm.create_model(name)
+    data = timm.data.resolve_data_config({}, model=model)
+    if cifar:
+        assert data["input_size"] == (3, 32, 32) and data["crop_pct"] == 1.0 and model.num_classes == 10
+        assert data["mean"] == (0.49139968, 0.48215827, 0.44653124)
+    else:
+        assert data["input_size"] == (3, 224, 224) and data["crop_pct"] == 0.875 and model.num_classes == 1000
+        assert data["interpolation"] == "bilinear" and data["mean"] == (0.485, 0.456, 0.406)
+    assert entry.paper.get("top1") and entry.paper.get("arxiv")

@@ -34,7 +34,7 @@ from ..genotype import PRIMITIVES, Genotype, GenotypeError, genotype_from_data
 from . import Family, register_family
 
 __all__ = ["OPS", "PRIMITIVES", "ReLUConvBN", "DwSepConv", "SepConv", "FactorizedReduce", "Zero", "MixedOp",
-           "DartsCell", "AuxHead", "DartsCellNet", "LAYOUTS", "EVAL_CFGS", "DATASETS"]
+           "DartsCell", "AuxHead", "DartsCellNet", "network_plan", "LAYOUTS", "EVAL_CFGS", "DATASETS"]
 
 ARCH_KEYS = ("stem", "init_channels", "stem_multiplier", "cells_per_stage", "genotype", "stage_genotypes",
              "drop_path_rate", "drop_rate")
@@ -246,11 +246,15 @@ class AuxHead(nn.Module):
         layers.append(nn.ReLU(inplace=True))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+        self.min_size = 5 + pool_stride  # the 5x5 pool then the 2x2 conv need two pooled rows / columns
 
     def reset(self, num_classes: int):
         self.classifier = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x):
+        torch._assert(x.shape[-2] >= self.min_size and x.shape[-1] >= self.min_size,
+                      "the auxiliary head needs a larger feature map: train at the native input size (32 for the "
+                      "CIFAR layout, 224 for ImageNet) or build the model with auxiliary=False")
         x = self.features(x)
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
