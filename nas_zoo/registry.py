@@ -1,7 +1,9 @@
 """Entries -> timm models: each registered entry becomes a timm entrypoint with its pretrained cfgs."""
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Union
 
@@ -30,13 +32,19 @@ def builtin_entry_dir() -> Path:
 
 
 def _timm_cfgs(entry: ArchEntry) -> dict:
-    family_defaults = dict(get_family(entry.family).cfg_defaults)
-    cfgs = {}
-    for tag, cfg in entry.pretrained.items():
-        cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k not in OUR_CFG_KEYS}
-        cfgs[f"{entry.name}.{tag}"] = {**family_defaults, **cfg}
+    family = get_family(entry.family)
+    reduction = family.reduction(entry.arch)
+
+    def complete(cfg: dict) -> dict:
+        cfg = {**family.cfg_defaults,
+               **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k not in OUR_CFG_KEYS}}
+        _, h, w = cfg.setdefault("input_size", (3, 224, 224))
+        cfg.setdefault("pool_size", (math.ceil(h / reduction), math.ceil(w / reduction)))
+        return cfg
+
+    cfgs = {f"{entry.name}.{tag}": complete(cfg) for tag, cfg in entry.pretrained.items()}
     if not cfgs:  # architecture-only entry: defaults, no weights
-        cfgs[entry.name] = family_defaults
+        cfgs[entry.name] = complete({})
     return generate_default_cfgs(cfgs)[entry.name]
 
 
@@ -86,7 +94,9 @@ def register_entry(obj: Union[str, os.PathLike, Mapping, ArchEntry], replace: bo
     default_cfgs[name] = _timm_cfgs(entry)
     _ENTRIES[name] = entry
     _REFERENCE_KEYS.pop(name, None)
-    register_model(_make_entrypoint(entry))
+    with warnings.catch_warnings():  # replacing was asked for explicitly; timm's overwrite warning is noise
+        warnings.simplefilter("ignore", UserWarning)
+        register_model(_make_entrypoint(entry))
     return name
 
 

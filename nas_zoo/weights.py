@@ -54,7 +54,10 @@ def load_official_checkpoint(entry: ArchEntry, path, use_ema: Optional[bool] = N
             state_dict, _ = extract_state_dict(obj, use_ema=None, source=str(path))
     else:
         state_dict, _ = extract_state_dict(obj, use_ema=use_ema, source=str(path))
-    state_dict = get_family(entry.family).adapt_state_dict(state_dict, entry)
+    try:
+        state_dict = get_family(entry.family).adapt_state_dict(state_dict, entry)
+    except CheckpointError as e:  # families know what is wrong, not which file it came from
+        raise CheckpointError(f"{path}: {e}") from None
     check_state_dict(state_dict, reference_state_shapes(entry.name), entry.name, source=str(path))
     return state_dict
 

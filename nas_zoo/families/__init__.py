@@ -33,6 +33,7 @@ class Family:
     adapt_state_dict: Callable = _identity
     describe: Callable = lambda arch: ""  # one-line summary of an arch for tables
     cfg_defaults: Mapping = field(default_factory=dict)  # pretrained-cfg defaults (first_conv, classifier ...)
+    reduction: Callable = lambda arch: 32  # total stride of forward_features; gives the cfg's pool_size
 
 
 _FAMILIES: Dict[str, Family] = {}
