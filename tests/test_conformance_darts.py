@@ -203,6 +203,6 @@ def test_bn_stats_were_applied():
 def test_missing_weights_say_where_to_get_them(monkeypatch, tmp_path):
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: no network try
-    with pytest.raises(nas_zoo.WeightsNotFoundError, match=r"(?s)nas-zoo/cdarts_cifar\.cifar10.*"
-                                                           r"drive\.google\.com/drive/folders/1CkFp24bEDq0wUp504BQ68jn5Vs069qox"):
+    drive = r"drive\.google\.com/drive/folders/1CkFp24bEDq0wUp504BQ68jn5Vs069qox"
+    with pytest.raises(nas_zoo.WeightsNotFoundError, match=rf"(?s)nas-zoo/cdarts_cifar\.cifar10.*{drive}"):
         timm.create_model("cdarts_cifar", pretrained=True, cache_dir=tmp_path)

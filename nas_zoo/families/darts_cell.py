@@ -252,9 +252,10 @@ class AuxHead(nn.Module):
         self.classifier = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x):
-        torch._assert(x.shape[-2] >= self.min_size and x.shape[-1] >= self.min_size,
-                      "the auxiliary head needs a larger feature map: train at the native input size (32 for the "
-                      "CIFAR layout, 224 for ImageNet) or build the model with auxiliary=False")
+        for side in (x.shape[-2], x.shape[-1]):  # two asserts, not `and`: FX traces each as a node
+            torch._assert(side >= self.min_size, "the auxiliary head needs a larger feature map: train at the native "
+                          "input size (32 for the CIFAR layout, 224 for ImageNet) or build the model with "
+                          "auxiliary=False")
         x = self.features(x)
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
@@ -574,12 +575,9 @@ def build(entry, pretrained: bool = False, **kwargs) -> nn.Module:
             raise ValueError("features_only models have no auxiliary head; drop auxiliary=True")
         model_args["auxiliary"] = False
     plan = _plan(entry.arch)
-    cfg = dict(model_args.pop("pretrained_cfg", None) or {})
-    if cfg.get("pool_size") is None and cfg.get("input_size"):
-        cfg["pool_size"] = tuple(max(1, s // plan["reduction"]) for s in cfg["input_size"][1:])
     model_args["pretrained_filter_fn"] = _aux_filter(model_args.get("pretrained_filter_fn"))
     return build_model_with_cfg(
-        DartsCellNet, entry.name, pretrained, pretrained_cfg=cfg or None,
+        DartsCellNet, entry.name, pretrained,
         feature_cfg=dict(feature_cls="hook", no_rewrite=True, out_indices=tuple(range(len(plan["feature_info"])))),
         **model_args)
 
@@ -665,4 +663,5 @@ def describe(arch: dict) -> str:
 
 FAMILY = register_family(Family(
     name="darts_cell", validate_arch=validate_arch, build=build, adapt_state_dict=adapt_state_dict,
-    describe=describe, cfg_defaults={"first_conv": "stem0.0.conv", "classifier": "fc"}))
+    describe=describe, cfg_defaults={"first_conv": "stem0.0.conv", "classifier": "fc"},
+    reduction=lambda arch: _plan(arch)["reduction"]))
