@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test
+.PHONY: install demo test timm-suite
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# timm's own tests/test_models.py, run on every zoo model (fetches the matching timm sdist from PyPI once)
+timm-suite: $(STAMP)
+	$(BIN)/python tools/run_timm_suite.py

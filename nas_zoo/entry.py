@@ -40,6 +40,7 @@ PRETRAINED_KEYS = {
     "official_weights": str,     # 'state_dict' or 'state_dict_ema': what the official evaluation used
     "official_download": str,    # the authors' download link (shown when no weights can be found)
     "official_note": str,
+    "checkpoint_layout": str,    # official key layout other than the family's own (see nas_zoo.families)
 }
 PAPER_KEYS = {
     "title": str, "arxiv": str, "venue": str, "top1": float, "top5": float, "params_m": float,
@@ -134,6 +135,14 @@ def _describe(v) -> str:
     return f"{type(v).__name__} {text if len(text) < 60 else text[:57] + '...'}"
 
 
+class _EntryDumper(yaml.SafeDumper):
+    """yaml.safe_dump, with multi-line strings (e.g. a DenseNAS net_config) written as readable literal blocks."""
+
+
+_EntryDumper.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
 @dataclass
 class ArchEntry:
     name: str
@@ -144,6 +153,7 @@ class ArchEntry:
     provenance: Dict[str, Any] = field(default_factory=dict)
     description: str = ""
     source: str = "<mapping>"
+    path: Optional[Path] = None  # the YAML file it was read from; a relative pretrained `file` is relative to it
 
     @property
     def default_tag(self) -> Optional[str]:
@@ -161,7 +171,7 @@ class ArchEntry:
         return out
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=120)
+        return yaml.dump(self.to_dict(), Dumper=_EntryDumper, sort_keys=False, default_flow_style=None, width=120)
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write the entry atomically (a crash never leaves a half-written entry)."""
@@ -185,10 +195,11 @@ def load_entry(obj: Union[str, os.PathLike, Mapping], source: Optional[str] = No
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise EntryError(source, "<file>", f"not valid YAML: {e}") from None
-    else:
-        data = copy.deepcopy(dict(obj)) if isinstance(obj, Mapping) else obj
-        source = source or "<mapping>"
-    return validate_entry(data, source)
+        entry = validate_entry(data, source)
+        entry.path = path.absolute()
+        return entry
+    data = copy.deepcopy(dict(obj)) if isinstance(obj, Mapping) else obj
+    return validate_entry(data, source or "<mapping>")
 
 
 def validate_entry(data: Any, source: str) -> ArchEntry:
@@ -221,6 +232,11 @@ def validate_entry(data: Any, source: str) -> ArchEntry:
                 raise tag_field.error("a tag must be a lowercase identifier such as 'in1k'")
             pretrained[tag] = _validate_mapping(tag_field, PRETRAINED_KEYS)
             _check_pretrained_cfg(tag_field, pretrained[tag])
+            if "checkpoint_layout" in pretrained[tag] and \
+                    pretrained[tag]["checkpoint_layout"] not in family.checkpoint_layouts:
+                raise tag_field.child("checkpoint_layout").error(
+                    f"family {fam_name!r} knows the layouts {sorted(family.checkpoint_layouts)}, "
+                    f"got {pretrained[tag]['checkpoint_layout']!r}")
 
     paper = _validate_mapping(root.child("paper"), PAPER_KEYS) if data.get("paper") is not None else {}
     provenance = root.child("provenance")

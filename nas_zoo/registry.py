@@ -20,7 +20,7 @@ __all__ = ["register_entry", "register_directory", "get_entry", "list_entries", 
 
 ENTRIES_ENV = "NAS_ZOO_ENTRIES"
 # cfg fields of ours that timm's PretrainedCfg does not know; kept in the entry, read by nas_zoo.weights
-OUR_CFG_KEYS = ("official_weights", "official_download", "official_note")
+OUR_CFG_KEYS = ("official_weights", "official_download", "official_note", "checkpoint_layout")
 
 default_cfgs: Dict[str, object] = {}  # read by timm.register_model, as in timm's own model modules
 _ENTRIES: Dict[str, ArchEntry] = {}
@@ -38,6 +38,8 @@ def _timm_cfgs(entry: ArchEntry) -> dict:
     def complete(cfg: dict) -> dict:
         cfg = {**family.cfg_defaults,
                **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k not in OUR_CFG_KEYS}}
+        if cfg.get("file") and entry.path is not None:  # a relative file is relative to the entry's YAML
+            cfg["file"] = str(entry.path.parent / Path(cfg["file"]).expanduser())
         _, h, w = cfg.setdefault("input_size", (3, 224, 224))
         cfg.setdefault("pool_size", (math.ceil(h / reduction), math.ceil(w / reduction)))
         return cfg

@@ -16,7 +16,7 @@ import torch
 
 from .checkpoint import CheckpointError, check_state_dict, extract_state_dict, read_checkpoint
 from .entry import ArchEntry
-from .families import get_family
+from .families import adapt_official_state_dict
 
 __all__ = ["WeightsNotFoundError", "load_pretrained_state_dict", "load_official_checkpoint", "split_hub_id"]
 
@@ -55,7 +55,7 @@ def load_official_checkpoint(entry: ArchEntry, path, use_ema: Optional[bool] = N
     else:
         state_dict, _ = extract_state_dict(obj, use_ema=use_ema, source=str(path))
     try:
-        state_dict = get_family(entry.family).adapt_state_dict(state_dict, entry)
+        state_dict = adapt_official_state_dict(state_dict, entry, tag)
     except CheckpointError as e:  # families know what is wrong, not which file it came from
         raise CheckpointError(f"{path}: {e}") from None
     check_state_dict(state_dict, reference_state_shapes(entry.name), entry.name, source=str(path))

@@ -11,6 +11,9 @@ A family is three functions and nothing else:
   unwrapped from its checkpoint container, ``module.`` stripped) to ours. Identity where they agree.
   May raise `nas_zoo.checkpoint.CheckpointError` when the checkpoint contradicts the entry.
 * ``cfg_defaults``: pretrained-cfg fields every entry of the family shares (``first_conv``, ``classifier``).
+* ``checkpoint_layouts`` (optional): official key layouts of other codebases the family hosts, by name -> an
+  adapter like ``adapt_state_dict``. An entry picks one with ``checkpoint_layout: NAME`` in its pretrained cfg
+  (e.g. DenseNAS' MBV2_Net checkpoints for `efficientnet` entries); `adapt_official_state_dict` applies it.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping
 
-__all__ = ["Family", "register_family", "get_family", "family_names"]
+__all__ = ["Family", "register_family", "get_family", "family_names", "adapt_official_state_dict"]
 
 
 def _identity(state_dict, entry):
@@ -33,6 +36,7 @@ class Family:
     adapt_state_dict: Callable = _identity
     describe: Callable = lambda arch: ""  # one-line summary of an arch for tables
     cfg_defaults: Mapping = field(default_factory=dict)  # pretrained-cfg defaults (first_conv, classifier ...)
+    checkpoint_layouts: Mapping[str, Callable] = field(default_factory=dict)  # name -> official-keys adapter
     reduction: Callable = lambda arch: 32  # total stride of forward_features; gives the cfg's pool_size
 
 
@@ -78,3 +82,14 @@ def get_family(name: str) -> Family:
 def family_names() -> List[str]:
     _load_all()
     return sorted(_FAMILIES)
+
+
+def adapt_official_state_dict(state_dict, entry, tag=None):
+    """An official state dict -> ours: the layout adapter the entry's pretrained cfg ``tag`` (default: its
+    first) names with ``checkpoint_layout``, if any, then the family's own `adapt_state_dict`."""
+    family = get_family(entry.family)
+    cfg = entry.pretrained.get(tag or entry.default_tag or "", {})
+    layout = cfg.get("checkpoint_layout")
+    if layout is not None:
+        state_dict = family.checkpoint_layouts[layout](state_dict, entry)
+    return family.adapt_state_dict(state_dict, entry)

@@ -30,6 +30,7 @@ from timm.models.mobilenetv3 import _create_mnv3
 
 from ..entry import Field
 from . import Family, register_family
+from .densenas import mbv2_official_to_timm
 
 MODELS = ("efficientnet", "mobilenetv3")
 ARCH_KEYS = ("model", "block_args", "stem_size", "num_features", "act_layer", "bn_eps", "se_layer", "se_from_exp",
@@ -146,4 +147,6 @@ def describe(arch: dict) -> str:
 
 
 FAMILY = register_family(Family(name="efficientnet", validate_arch=validate_arch, build=build, describe=describe,
-                                cfg_defaults={"first_conv": "conv_stem", "classifier": "classifier"}))
+                                cfg_defaults={"first_conv": "conv_stem", "classifier": "classifier"},
+                                # DenseNAS-A/B/C/Large: official MBV2_Net checkpoints (checkpoint_layout: densenas)
+                                checkpoint_layouts={"densenas": mbv2_official_to_timm}))

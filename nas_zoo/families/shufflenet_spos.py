@@ -35,7 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct, SelectAdaptivePool2d
+from timm.layers import ConvNormAct, SelectAdaptivePool2d, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models._features import feature_take_indices
 
@@ -157,11 +157,14 @@ class ShuffleNetSPOS(nn.Module):
             drop_rate: float = 0.0,
             norm_layer=nn.BatchNorm2d,
             act_layer=nn.ReLU,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
         if len(ops) != sum(stage_repeats):
             raise ValueError(f"expected {sum(stage_repeats)} ops (sum of stage_repeats), got {len(ops)}")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         cna = partial(ConvNormAct, norm_layer=norm_layer, act_layer=act_layer)
@@ -184,11 +187,15 @@ class ShuffleNetSPOS(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = self._make_fc(num_classes)
         init_weights(self)
+        if device is not None or dtype is not None:
+            self.to(device=device, dtype=dtype)
 
     def _make_fc(self, num_classes: int) -> nn.Module:
-        # no bias, as in the official classifier
+        # no bias, as in the official classifier; created where the rest of the model lives
         in_features = self.num_features * self.global_pool.feat_mult()
-        return nn.Linear(in_features, num_classes, bias=False) if num_classes > 0 else nn.Identity()
+        if num_classes <= 0:
+            return nn.Identity()
+        return nn.Linear(in_features, num_classes, bias=False, **get_device_dtype(self)).train(self.training)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict:
