@@ -314,3 +314,23 @@ def test_pretrained_cfg_carries_the_official_eval_and_provenance(name):
         assert data["input_size"] == (3, 224, 224) and data["crop_pct"] == 0.875 and model.num_classes == 1000
         assert data["interpolation"] == "bilinear" and data["mean"] == (0.485, 0.456, 0.406)
     assert entry.paper.get("top1") and entry.paper.get("arxiv")
+
+
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_pruning_to_each_tap_ends_the_features_there(stem):
+    """timm's prune contract: after prune_intermediate_layers([i]) the features end at tap i, every param is used."""
+    import copy
+    model = timm.create_model(all_ops_entry(stem), drop_path_rate=0.0).eval()
+    x = torch.randn(2, *input_size(model, 64))
+    with torch.no_grad():
+        taps = model.forward_intermediates(x, intermediates_only=True)
+    for i in range(len(taps)):
+        pruned = copy.deepcopy(model)
+        take = pruned.prune_intermediate_layers([i])
+        with torch.no_grad():
+            assert torch.equal(pruned.forward_features(x), taps[i])
+            assert torch.equal(pruned.forward_intermediates(x, indices=take, intermediates_only=True)[0], taps[i])
+        assert pruned.num_features == taps[i].shape[1] and pruned(x).shape == (2, taps[i].shape[1], *taps[i].shape[2:])
+        pruned.train()
+        pruned.forward_features(x).sum().backward()
+        assert not [n for n, p in pruned.named_parameters() if p.grad is None]

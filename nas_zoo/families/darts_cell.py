@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import ConvNormAct, DropPath, create_classifier, create_conv2d, create_pool2d
+from timm.layers import ConvNormAct, DropPath, create_classifier, create_conv2d, create_pool2d, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint
 from timm.models._features import feature_take_indices
 
@@ -68,11 +68,13 @@ DATASETS = {  # dataset -> (layout, timm tag, classes)
 class ReLUConvBN(nn.Module):
     """ReLU - conv - BN (DARTS `StdConv`): the cell input preprocessing and the ImageNet stem's last conv."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, affine: bool = True):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, stride: int = 1, affine: bool = True,
+                 device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.act = nn.ReLU()
-        self.conv = create_conv2d(in_chs, out_chs, kernel_size, stride=stride)
-        self.bn = nn.BatchNorm2d(out_chs, affine=affine)
+        self.conv = create_conv2d(in_chs, out_chs, kernel_size, stride=stride, **dd)
+        self.bn = nn.BatchNorm2d(out_chs, affine=affine, **dd)
 
     def forward(self, x):
         return self.bn(self.conv(self.act(x)))
@@ -84,12 +86,14 @@ class DwSepConv(nn.Module):
     Padding is symmetric, (stride - 1 + dilation * (k - 1)) // 2, which equals the official k // 2 * dilation."""
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 affine: bool = True):
+                 affine: bool = True, device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.act = nn.ReLU()
-        self.conv_dw = create_conv2d(in_chs, in_chs, kernel_size, stride=stride, dilation=dilation, depthwise=True)
-        self.conv_pw = create_conv2d(in_chs, out_chs, 1)
-        self.bn = nn.BatchNorm2d(out_chs, affine=affine)
+        self.conv_dw = create_conv2d(in_chs, in_chs, kernel_size, stride=stride, dilation=dilation, depthwise=True,
+                                     **dd)
+        self.conv_pw = create_conv2d(in_chs, out_chs, 1, **dd)
+        self.bn = nn.BatchNorm2d(out_chs, affine=affine, **dd)
 
     def forward(self, x):
         return self.bn(self.conv_pw(self.conv_dw(self.act(x))))
@@ -98,10 +102,12 @@ class DwSepConv(nn.Module):
 class SepConv(nn.Module):
     """DARTS `sep_conv_kxk`: two `DwSepConv`, the first one strided."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, affine: bool = True):
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, affine: bool = True,
+                 device=None, dtype=None):
         super().__init__()
-        self.conv1 = DwSepConv(in_chs, in_chs, kernel_size, stride, affine=affine)
-        self.conv2 = DwSepConv(in_chs, out_chs, kernel_size, 1, affine=affine)
+        dd = {"device": device, "dtype": dtype}
+        self.conv1 = DwSepConv(in_chs, in_chs, kernel_size, stride, affine=affine, **dd)
+        self.conv2 = DwSepConv(in_chs, out_chs, kernel_size, 1, affine=affine, **dd)
 
     def forward(self, x):
         return self.conv2(self.conv1(x))
@@ -113,14 +119,15 @@ class FactorizedReduce(nn.Module):
     The shifted path crops the first row/column and pads one zero row/column at the end: for even sizes this is
     exactly the official ``conv2(x[:, :, 1:, 1:])``; odd sizes, where the official code fails, work too."""
 
-    def __init__(self, in_chs: int, out_chs: int, affine: bool = True):
+    def __init__(self, in_chs: int, out_chs: int, affine: bool = True, device=None, dtype=None):
         super().__init__()
         if out_chs % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {out_chs}")
+        dd = {"device": device, "dtype": dtype}
         self.act = nn.ReLU()
-        self.conv1 = create_conv2d(in_chs, out_chs // 2, 1, stride=2)
-        self.conv2 = create_conv2d(in_chs, out_chs // 2, 1, stride=2)
-        self.bn = nn.BatchNorm2d(out_chs, affine=affine)
+        self.conv1 = create_conv2d(in_chs, out_chs // 2, 1, stride=2, **dd)
+        self.conv2 = create_conv2d(in_chs, out_chs // 2, 1, stride=2, **dd)
+        self.bn = nn.BatchNorm2d(out_chs, affine=affine, **dd)
 
     def forward(self, x):
         x = self.act(x)
@@ -142,23 +149,24 @@ class Zero(nn.Module):
 
 
 def _pool(kind: str):
-    def make(chs: int, stride: int, affine: bool = True) -> nn.Module:
+    def make(chs: int, stride: int, affine: bool = True, **dd) -> nn.Module:
         # symmetric padding 1, and the average excludes the padding, as the official nn.AvgPool2d(3, s, 1, False)
         extra = dict(count_include_pad=False) if kind == "avg" else {}
         return create_pool2d(kind, 3, stride, padding="", **extra)
     return make
 
 
+# OPS[name](channels, stride, affine, device=..., dtype=...) -> module
 OPS = {
     "max_pool_3x3": _pool("max"),
     "avg_pool_3x3": _pool("avg"),
-    "skip_connect": lambda chs, stride, affine=True: nn.Identity() if stride == 1 else FactorizedReduce(
-        chs, chs, affine=affine),
-    "sep_conv_3x3": lambda chs, stride, affine=True: SepConv(chs, chs, 3, stride, affine=affine),
-    "sep_conv_5x5": lambda chs, stride, affine=True: SepConv(chs, chs, 5, stride, affine=affine),
-    "dil_conv_3x3": lambda chs, stride, affine=True: DwSepConv(chs, chs, 3, stride, dilation=2, affine=affine),
-    "dil_conv_5x5": lambda chs, stride, affine=True: DwSepConv(chs, chs, 5, stride, dilation=2, affine=affine),
-    "none": lambda chs, stride, affine=True: Zero(stride),
+    "skip_connect": lambda chs, stride, affine=True, **dd: nn.Identity() if stride == 1 else FactorizedReduce(
+        chs, chs, affine=affine, **dd),
+    "sep_conv_3x3": lambda chs, stride, affine=True, **dd: SepConv(chs, chs, 3, stride, affine=affine, **dd),
+    "sep_conv_5x5": lambda chs, stride, affine=True, **dd: SepConv(chs, chs, 5, stride, affine=affine, **dd),
+    "dil_conv_3x3": lambda chs, stride, affine=True, **dd: DwSepConv(chs, chs, 3, stride, 2, affine=affine, **dd),
+    "dil_conv_5x5": lambda chs, stride, affine=True, **dd: DwSepConv(chs, chs, 5, stride, 2, affine=affine, **dd),
+    "none": lambda chs, stride, affine=True, **dd: Zero(stride),
 }
 assert tuple(OPS) == PRIMITIVES
 
@@ -166,10 +174,11 @@ assert tuple(OPS) == PRIMITIVES
 class MixedOp(nn.Module):
     """One edge of a DARTS search network: the weighted sum of every candidate op (BN affine off by default)."""
 
-    def __init__(self, chs: int, stride: int, affine: bool = False, primitives: Sequence[str] = PRIMITIVES):
+    def __init__(self, chs: int, stride: int, affine: bool = False, primitives: Sequence[str] = PRIMITIVES,
+                 device=None, dtype=None):
         super().__init__()
         self.primitives = tuple(primitives)
-        self.ops = nn.ModuleList([OPS[p](chs, stride, affine) for p in self.primitives])
+        self.ops = nn.ModuleList([OPS[p](chs, stride, affine, device=device, dtype=dtype) for p in self.primitives])
 
     def forward(self, x, weights):
         out = weights[0] * self.ops[0](x)
@@ -190,12 +199,13 @@ class DartsCell(nn.Module):
     (as DARTS / CDARTS ``to_dag``); its rate can be changed at any time (`DartsCellNet.set_drop_path_rate`)."""
 
     def __init__(self, nodes, concat: Sequence[int], in_chs_pp: int, in_chs_p: int, chs: int, reduction: bool,
-                 reduction_prev: bool, affine: bool = True, drop_path: float = 0.):
+                 reduction_prev: bool, affine: bool = True, drop_path: float = 0., device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         self.reduction = reduction
-        self.preproc0 = (FactorizedReduce(in_chs_pp, chs, affine=affine) if reduction_prev
-                         else ReLUConvBN(in_chs_pp, chs, 1, 1, affine=affine))
-        self.preproc1 = ReLUConvBN(in_chs_p, chs, 1, 1, affine=affine)
+        self.preproc0 = (FactorizedReduce(in_chs_pp, chs, affine=affine, **dd) if reduction_prev
+                         else ReLUConvBN(in_chs_pp, chs, 1, 1, affine=affine, **dd))
+        self.preproc1 = ReLUConvBN(in_chs_p, chs, 1, 1, affine=affine, **dd)
         ops: List[nn.Module] = []
         sources: List[int] = []
         droppable: List[bool] = []
@@ -203,7 +213,7 @@ class DartsCell(nn.Module):
         last_in_node: List[bool] = []
         for node in nodes:
             for j, (name, src) in enumerate(node):
-                op = OPS[name](chs, 2 if reduction and src < 2 else 1, affine)
+                op = OPS[name](chs, 2 if reduction and src < 2 else 1, affine, **dd)
                 ops.append(op)
                 sources.append(int(src))
                 droppable.append(not isinstance(op, nn.Identity))
@@ -236,20 +246,23 @@ class AuxHead(nn.Module):
     (+ BN on CIFAR only, as the official code), ReLU, linear. At the native input size the map is 1x1 here; a global
     average pool before the linear layer (an identity there) lets larger inputs work too."""
 
-    def __init__(self, in_chs: int, num_classes: int, pool_stride: int = 3, final_bn: bool = True):
+    def __init__(self, in_chs: int, num_classes: int, pool_stride: int = 3, final_bn: bool = True, device=None,
+                 dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         layers = [nn.ReLU(), nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
-                  nn.Conv2d(in_chs, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
-                  nn.Conv2d(128, 768, 2, bias=False)]
+                  nn.Conv2d(in_chs, 128, 1, bias=False, **dd), nn.BatchNorm2d(128, **dd), nn.ReLU(inplace=True),
+                  nn.Conv2d(128, 768, 2, bias=False, **dd)]
         if final_bn:
-            layers.append(nn.BatchNorm2d(768))
+            layers.append(nn.BatchNorm2d(768, **dd))
         layers.append(nn.ReLU(inplace=True))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = nn.Linear(768, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.min_size = 5 + pool_stride  # the 5x5 pool then the 2x2 conv need two pooled rows / columns
 
     def reset(self, num_classes: int):
-        self.classifier = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+        dd = get_device_dtype(self)
+        self.classifier = (nn.Linear(768, num_classes, **dd) if num_classes > 0 else nn.Identity()).train(self.training)
 
     def forward(self, x):
         for side in (x.shape[-2], x.shape[-1]):  # two asserts, not `and`: FX traces each as a node
@@ -330,28 +343,32 @@ class DartsCellNet(nn.Module):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             auxiliary: bool = False,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if stem_type not in STEMS:
             raise ValueError(f"stem_type must be one of {STEMS}, got {stem_type!r}")
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         genotypes = _stage_genotypes(genotype, len(cells_per_stage))
         plan = network_plan(stem_type, init_channels, stem_multiplier, cells_per_stage, genotypes)
         stem_chs = plan["stem_chs"]
         if stem_type == "cifar":
-            self.stem0 = nn.Sequential(ConvNormAct(in_chans, stem_chs, 3, stride=1, apply_act=False))
+            self.stem0 = nn.Sequential(ConvNormAct(in_chans, stem_chs, 3, stride=1, apply_act=False, **dd))
             self.stem1 = nn.Identity()  # both cell inputs of the first cell are the stem output
         else:
             self.stem0 = nn.Sequential(
-                ConvNormAct(in_chans, stem_chs // 2, 3, stride=2),
-                ConvNormAct(stem_chs // 2, stem_chs, 3, stride=2, apply_act=False),
+                ConvNormAct(in_chans, stem_chs // 2, 3, stride=2, **dd),
+                ConvNormAct(stem_chs // 2, stem_chs, 3, stride=2, apply_act=False, **dd),
             )
-            self.stem1 = ReLUConvBN(stem_chs, stem_chs, 3, stride=2)
+            self.stem1 = ReLUConvBN(stem_chs, stem_chs, 3, stride=2, **dd)
         self.cells = nn.ModuleList([
             DartsCell(c["nodes"], c["concat"], c["in_chs_pp"], c["in_chs_p"], c["chs"], c["reduction"],
-                      c["reduction_prev"], drop_path=drop_path_rate) for c in plan["cells"]])
+                      c["reduction_prev"], drop_path=drop_path_rate, **dd) for c in plan["cells"]])
         self.feature_info = plan["feature_info"]
         self._cell_taps: Dict[int, int] = {int(f["module"].split(".")[1]): i for i, f in enumerate(self.feature_info)
                                            if f["module"].startswith("cells.")}
@@ -363,11 +380,12 @@ class DartsCellNet(nn.Module):
                 raise ValueError("auxiliary=True needs a reduction cell (at least two stages)")
             self.aux_index = plan["aux_index"]
             self.aux_head = AuxHead(self.cells[self.aux_index].out_chs, num_classes,
-                                    pool_stride=3 if stem_type == "cifar" else 2, final_bn=stem_type == "cifar")
+                                    pool_stride=3 if stem_type == "cifar" else 2, final_bn=stem_type == "cifar",
+                                    **dd)
 
         self.num_features = self.head_hidden_size = plan["num_features"]
         self.global_pool, self.head_drop, self.fc = create_classifier(
-            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+            self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
 
     # -- timm model API ------------------------------------------------------------------------------------------
 
@@ -387,7 +405,10 @@ class DartsCellNet(nn.Module):
         self.num_classes = num_classes
         if global_pool is None:
             global_pool = self.global_pool.pool_type
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool,
+                                                      **get_device_dtype(self))
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
         if self.aux_head is not None:
             self.aux_head.reset(num_classes)
 
@@ -481,8 +502,10 @@ class DartsCellNet(nn.Module):
         keep = max([c for c, f in self._cell_taps.items() if f <= max_index], default=-1) + 1
         if keep < len(self.cells):
             self.cells = self.cells[:keep]
-            self.num_features = self.head_hidden_size = (self.cells[-1].out_chs if keep else
-                                                         self.feature_info[max_index]["num_chs"])
+            if not keep:  # a stem tap: the features end there
+                self.stem0 = self.stem0[:max_index + 1]
+                self.stem1 = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
             prune_head = True
         self.aux_head, self.aux_index = None, -1
         if prune_head:
