@@ -1,24 +1,98 @@
-"""A forward pass of every registered zoo model at its eval resolution (the zoo's smoke run)."""
+"""The main job, end to end on the embedded data (CPU, minutes): `python -m nas_zoo.demo` (or `make demo`).
+
+1. DNA search (configs/search/dna_demo.yaml): a small teacher is trained, the supernet is distilled stage by
+   stage, every candidate gets its architecture potential, the best one under the MACs budget is selected and
+   written as a zoo entry (RUN_DIR/entry.yaml) -- at once a timm model.
+2. The found model is trained from scratch (configs/search/train_demo.yaml), and so is the zoo model whose MACs at
+   the same resolution are closest; both are printed side by side.
+
+Everything is resumable: run it again with the same --out and it continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
 import time
-
-import timm
-import torch
-
-from .registry import list_entries
+from pathlib import Path
+from typing import List, Optional
 
 
-def main() -> int:
-    torch.manual_seed(0)
-    for entry in sorted(list_entries(), key=lambda e: e.name):
-        cfg = entry.pretrained.get(entry.default_tag or "", {})
-        size = tuple(cfg.get("input_size", (3, 224, 224)))
-        model = timm.create_model(entry.name).eval()
-        start = time.perf_counter()
-        with torch.no_grad():
-            out = model(torch.randn(1, *size))
-        print(f"{entry.name:<22} input {size} -> logits {tuple(out.shape)} in {time.perf_counter() - start:.3f}s")
+def _config(name: str) -> Path:
+    from importlib.resources import files
+    return Path(str(files("nas_zoo.configs") / "search" / name))
+
+
+def closest_zoo_model(macs: float, image_size: int, num_classes: int, exclude: str):
+    """The registered zoo entry whose MACs at `image_size` are closest to `macs`."""
+    import timm
+    from .cost import count_macs, count_params
+    from .registry import list_entries
+
+    best = None
+    for entry in list_entries():
+        if entry.name == exclude:
+            continue
+        with __import__("torch").device("meta"):
+            model = timm.create_model(entry.name, num_classes=num_classes)
+        m = count_macs(model, (3, image_size, image_size))
+        if best is None or abs(m - macs) < abs(best[1] - macs):
+            best = (entry.name, m, count_params(model))
+    return best
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nas_zoo.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    parser.add_argument("--train-epochs", type=int, default=None, help="override train.epochs of train_demo.yaml")
+    parser.add_argument("--no-compare", action="store_true", help="skip training the zoo model for comparison")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides for dna_demo.yaml")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+    import timm
+    import torch
+
+    import nas_zoo
+    from .cost import count_macs, count_params
+    from .search.cli import run_dna_command, run_train_command
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    out = Path(args.out)
+    start = time.perf_counter()
+    print(f"[1/3] DNA search on the embedded data -> {out / 'search'}", flush=True)
+    result = run_dna_command(_config("dna_demo.yaml"), str(out / "search"), args.overrides)
+    t_search = time.perf_counter() - start
+    name = nas_zoo.register_entry(out / "search" / "entry.yaml", replace=True)
+    import yaml
+    resolved = yaml.safe_load((out / "search" / "resolved.yaml").read_text())
+    image_size = resolved["data"].get("image_size", 32)
+    num_classes = 10
+    with torch.device("meta"):
+        found = timm.create_model(name, num_classes=num_classes)
+    found_macs, found_params = count_macs(found, (3, image_size, image_size)), count_params(found)
+    print(f"      found {name}: {found_macs / 1e6:.2f} MMACs at {image_size}px, {found_params / 1e6:.2f}M params "
+          f"({t_search:.0f} s)\n      {result['block_args']}", flush=True)
+
+    train_over = [f"train.epochs={args.train_epochs}"] if args.train_epochs else []
+    print(f"[2/3] training {name} from scratch", flush=True)
+    ours = run_train_command(str(out / "search" / "entry.yaml"), _config("train_demo.yaml"), str(out / "train_found"),
+                             train_over)
+    rows = [(name + " (found)", found_macs, found_params, ours)]
+    if not args.no_compare:
+        zoo_name, zoo_macs, zoo_params = closest_zoo_model(found_macs, image_size, num_classes, exclude=name)
+        print(f"[3/3] training the zoo model of the closest cost, {zoo_name}, with the same recipe", flush=True)
+        zoo = run_train_command(zoo_name, _config("train_demo.yaml"), str(out / f"train_{zoo_name}"), train_over)
+        rows.append((zoo_name + " (zoo)", zoo_macs, zoo_params, zoo))
+    print(f"\n{'model':<28}{'MMACs@' + str(image_size) + 'px':>14}{'params':>10}{'top-1':>9}{'top-1 EMA':>11}")
+    for label, macs, params, metrics in rows:
+        ema = metrics.get("val_ema_top1")
+        print(f"{label:<28}{macs / 1e6:>14.2f}{params / 1e6:>9.2f}M{metrics['val_top1']:>8.1f}%"
+              f"{(f'{ema:.1f}%' if ema is not None else '-'):>11}")
+    print(f"\nchance is {100 / num_classes:.0f} %; wall time {time.perf_counter() - start:.0f} s; "
+          f"entry: {out / 'search' / 'entry.yaml'} (NAS_ZOO_ENTRIES={out / 'search'} makes it a timm model)")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

@@ -25,6 +25,8 @@ import yaml
 
 __all__ = ["ArchEntry", "EntryError", "load_entry", "Field"]
 
+# libyaml's safe loader when available: same rules as yaml.safe_load, several times faster
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 TOP_LEVEL_KEYS = ("name", "family", "description", "arch", "pretrained", "paper", "provenance")
@@ -192,7 +194,7 @@ def load_entry(obj: Union[str, os.PathLike, Mapping], source: Optional[str] = No
         except OSError as e:
             raise EntryError(source, "<file>", f"cannot read the entry file ({e.strerror})") from None
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=SAFE_LOADER)
         except yaml.YAMLError as e:
             raise EntryError(source, "<file>", f"not valid YAML: {e}") from None
         entry = validate_entry(data, source)

@@ -1,0 +1,183 @@
+"""`nas-zoo-search`: run a search, train a model, resume a run.
+
+    nas-zoo-search dna --config configs/search/dna_demo.yaml [--out RUN_DIR] [key.path=value ...]
+    nas-zoo-search dna select potential-0.yaml ... --budget 460 --cost-table costs.json
+    nas-zoo-search train ENTRY_OR_NAME --config configs/search/train_demo.yaml [--out RUN_DIR] [key=value ...]
+    nas-zoo-search resume RUN_DIR
+
+Every run directory holds resolved.yaml (the full config after defaults and overrides) and run.json (the
+command), so `resume` needs nothing else. Multi-GPU / multi-node: launch the same command with torchrun.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+__all__ = ["main", "build_parser"]
+
+EXAMPLES = """examples:
+  nas-zoo-search dna --config configs/search/dna_demo.yaml --out runs/dna_demo
+  nas-zoo-search dna --config configs/search/dna_demo.yaml distill.epochs=1 search.budget=2.5
+  torchrun --nproc_per_node=8 -m nas_zoo.search.cli dna --config configs/search/dna_imagenet.yaml
+  nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget 3 --cost-table runs/dna_demo/cost_table.json
+  nas-zoo-search train runs/dna_demo/entry.yaml --config configs/search/train_demo.yaml
+  nas-zoo-search resume runs/dna_demo
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nas-zoo-search", description="Neural architecture search on timm models.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("dna", help="DNA: block-wise distillation search (or `dna select ...`: selection only)",
+                       description="Run DNA end to end: teacher, supernet distillation per stage, architecture "
+                                   "potentials, constrained selection, export of RUN_DIR/entry.yaml. "
+                                   "`nas-zoo-search dna select --help` runs the selection alone.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/search/dna_*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+
+    p = sub.add_parser("train", help="train an entry (or any timm model) from scratch",
+                       description="Train ENTRY_OR_NAME from scratch with timm's optimizer, scheduler, EMA, losses "
+                                   "and the data pipeline of the config.")
+    p.add_argument("model", metavar="ENTRY_OR_NAME",
+                   help="an entry YAML, a run directory holding entry.yaml, or a registered model name")
+    p.add_argument("--config", required=True, help="YAML config (see configs/search/train_*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/train-<model>); an existing one is resumed")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+
+    p = sub.add_parser("resume", help="continue a run from its last checkpoints",
+                       description="Continue the run in RUN_DIR with its recorded command and resolved config.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    return parser
+
+
+def _write_once(run_dir: Path, resolved: dict, record: dict, ctx) -> None:
+    """Record the resolved config and the command; refuse a directory that holds a different run."""
+    from .config import dump_yaml, read_yaml
+    text = dump_yaml(resolved)
+    target = run_dir / "resolved.yaml"
+    ctx.barrier()  # every process looks before rank 0 writes
+    existing = read_yaml(target) if target.exists() else None
+    ctx.barrier()
+    if existing is not None:
+        if existing != resolved:
+            raise RunDirError(f"{run_dir} already holds a run with another config; use `nas-zoo-search resume "
+                              f"{run_dir}` to continue it or choose another --out")
+        return
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in (("resolved.yaml", text), ("run.json", json.dumps(record, indent=1))):
+            tmp = run_dir / f".{name}.tmp"
+            tmp.write_text(content)
+            os.replace(tmp, run_dir / name)
+    ctx.barrier()
+
+
+class RunDirError(ValueError):
+    pass
+
+
+def run_dna_command(config, out: Optional[str], overrides: List[str]) -> dict:
+    from .config import load_config
+    from .data import DataConfig
+    from .engine import setup_distributed
+    from .methods import dna
+
+    cfg, source = load_config(config, dna.SCHEMA, overrides)
+    DataConfig.from_dict(cfg["data"], where="data")  # data errors before anything starts
+    dna.check_config(cfg, source)
+    ctx = setup_distributed(cfg["engine"]["device"])
+    _threads(cfg)
+    run_dir = Path(out or Path("runs") / cfg["name"])
+    _write_once(run_dir, cfg, {"command": "dna"}, ctx)
+    result = dna.run_dna(cfg, run_dir, ctx, source=source)
+    if ctx.is_main and result.get("status") == "done":
+        print(f"searched {result['name']}: {result['macs']:.3f} MMACs, {cfg['search']['metric']} sum "
+              f"{result['score']:.4f}\n  entry: {result['entry']}")
+    return result
+
+
+def run_train_command(model: str, config, out: Optional[str], overrides: List[str]) -> dict:
+    from .config import load_config
+    from .data import DataConfig
+    from .engine import setup_distributed
+    from .train import TRAIN_SCHEMA, run_training
+
+    cfg, source = load_config(config, TRAIN_SCHEMA, overrides)
+    DataConfig.from_dict(cfg["data"], where="data")
+    ctx = setup_distributed(cfg["engine"]["device"])
+    _threads(cfg)
+    default_name = Path(model).parent.name if model.endswith((".yaml", ".yml")) else Path(model).name
+    run_dir = Path(out or Path("runs") / f"train-{default_name}")
+    _write_once(run_dir, cfg, {"command": "train", "model": str(model)}, ctx)
+    result = run_training(model, cfg, run_dir, ctx)
+    if ctx.is_main:
+        print(f"trained {result['model']}: top-1 {result['val_top1']:.2f}% "
+              + (f"(EMA {result['val_ema_top1']:.2f}%) " if "val_ema_top1" in result else "")
+              + f"after {cfg['train']['epochs']} epochs; weights {run_dir / 'model.pt'}")
+    return result
+
+
+def resume(run_dir: str) -> dict:
+    from .config import ConfigError
+    run_dir = Path(run_dir)
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(str(run_dir / "run.json"), "<file>", f"not a run directory ({e})") from None
+    resolved = run_dir / "resolved.yaml"
+    if record.get("command") == "dna":
+        return run_dna_command(resolved, str(run_dir), [])
+    if record.get("command") == "train":
+        return run_train_command(record["model"], resolved, str(run_dir), [])
+    raise ConfigError(str(run_dir / "run.json"), "command", f"unknown command {record.get('command')!r}")
+
+
+def _threads(cfg: dict) -> None:
+    import torch
+    if cfg["engine"].get("threads"):
+        torch.set_num_threads(cfg["engine"]["threads"])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["dna", "select"]:
+        from .methods import dna_select
+        return int(dna_select.main(argv[2:]) or 0)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may follow options: `train M --config F a.b=1`
+    bad = [x for x in extra if "=" not in x or x.startswith("-")]
+    if bad or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    from ..checkpoint import CheckpointError
+    from ..entry import EntryError
+    from .config import ConfigError
+    from .data import DataError
+    from .engine import RunError, teardown_distributed
+
+    try:
+        if args.command == "dna":
+            run_dna_command(args.config, args.out, args.overrides)
+        elif args.command == "train":
+            run_train_command(args.model, args.config, args.out, args.overrides)
+        else:
+            resume(args.run_dir)
+        return 0
+    except (ConfigError, DataError, EntryError, CheckpointError, RunError, RunDirError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"nas-zoo-search {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        teardown_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
