@@ -20,7 +20,8 @@ __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "check_st
 
 # Where training scripts put the weights inside their checkpoint dicts, EMA copies first.
 EMA_KEYS = ("state_dict_ema", "model_ema", "ema")
-PLAIN_KEYS = ("state_dict", "model", "net", "weights")
+# 'model_main': the CDARTS retrain resume files ({'model_main': ..., 'optimizer': ..., ...})
+PLAIN_KEYS = ("state_dict", "model", "net", "weights", "model_main")
 ALLOWED_GLOBALS = [argparse.Namespace, (OrderedDict, "yacs.config.CfgNode")]
 
 

@@ -79,7 +79,7 @@ def _docstring(entry: ArchEntry) -> str:
     if paper.get("title"):
         lines.append(f"Paper: {paper['title']}" + (f" (arXiv:{paper['arxiv']})" if paper.get("arxiv") else ""))
     facts = [f"{label} {paper[key]}{unit}" for key, label, unit in
-             (("top1", "ImageNet top-1", "%"), ("params_m", "params", "M"), ("flops_m", "FLOPs", "M"))
+             (("top1", "top-1", "%"), ("params_m", "params", "M"), ("flops_m", "FLOPs", "M"))
              if paper.get(key) is not None]
     if facts:
         lines.append("Paper numbers: " + ", ".join(facts) + ".")
