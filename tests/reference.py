@@ -133,3 +133,11 @@ def official_dsnas_checkpoint(sd):
 register_official_checkpoints("densenas", ["densenas_a", "densenas_b", "densenas_c"], official_densenas_checkpoint)
 register_official_checkpoints("dsnas", ["dsnas_search240", "dsnas_retrain240", "spos_retrain240"],
                               official_dsnas_checkpoint)
+
+
+def official_cdarts_cell_checkpoint(sd):
+    """CDARTS retrain.py `save_checkpoint`: checkpoint.pth.tar / best.pth.tar hold the bare ModelAug state_dict."""
+    return OrderedDict(sd)
+
+
+register_official_checkpoints("cdarts", ["cdarts_cifar", "cdarts_imagenet"], official_cdarts_cell_checkpoint)

@@ -15,7 +15,7 @@ import torch
 import nas_zoo
 from nas_zoo.cost import count_macs, count_params
 from nas_zoo.genotype import genotype_from_data, parse_genotype
-from reference import FIXTURES, Fixture, synth_input
+from reference import FIXTURES, Fixture, official_cdarts_cell_checkpoint, synth_input
 
 FIXTURE_NAMES = sorted(p.name for p in (FIXTURES / "cdarts").iterdir() if p.is_dir())
 ENTRY_FIXTURES = [n for n in FIXTURE_NAMES if Fixture("cdarts", n).facts["entry"]]
@@ -26,9 +26,7 @@ def test_every_fixture_folder_is_tested():
                              "cdarts_imagenet_arxiv_v1"]
 
 
-def checkpoint_pth_tar(sd):
-    """CDARTS retrain.py `save_checkpoint`: checkpoint.pth.tar / best.pth.tar hold the bare ModelAug state_dict."""
-    return OrderedDict(sd)
+checkpoint_pth_tar = official_cdarts_cell_checkpoint
 
 
 def retrain_resume(sd):
