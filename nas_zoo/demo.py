@@ -67,7 +67,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import yaml
     resolved = yaml.safe_load((out / "search" / "resolved.yaml").read_text())
     image_size = resolved["data"].get("image_size", 32)
-    num_classes = 10
+    from .search.data import DataConfig, build_dataset
+    num_classes = build_dataset(DataConfig.from_dict(resolved["data"]), "val").num_classes
     with torch.device("meta"):
         found = timm.create_model(name, num_classes=num_classes)
     found_macs, found_params = count_macs(found, (3, image_size, image_size)), count_params(found)
