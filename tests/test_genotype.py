@@ -174,7 +174,7 @@ def test_register_genotype_writes_a_working_entry(tmp_path, monkeypatch, capsys)
     nas_zoo.register_directory(out)
     model = timm.create_model("my_cell100")
     assert sum(p.numel() for p in model.parameters()) == 3634678 + 90 * 577  # PC-DARTS with a 100-class head
-    with pytest.raises(nas_zoo.WeightsNotFoundError, match="names no weight source"):
+    with pytest.raises(nas_zoo.WeightsNotFoundError, match="the entry names no hf_hub_id"):
         timm.create_model("my_cell100", pretrained=True)
 
 
