@@ -102,7 +102,7 @@ def register_entry(obj: Union[str, os.PathLike, Mapping, ArchEntry], replace: bo
         if not replace:
             raise EntryError(entry.source, "name", f"'{name}' is already registered from {_ENTRIES[name].source}; "
                                                    "choose another name or pass replace=True")
-    elif name in timm.list_models() or timm.is_model(name):
+    elif timm.is_model(name):
         raise EntryError(entry.source, "name", f"'{name}' clashes with an existing timm model; choose another name")
     default_cfgs[name] = _timm_cfgs(entry)
     _ENTRIES[name] = entry
