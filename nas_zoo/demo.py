@@ -41,10 +41,25 @@ def closest_zoo_model(macs: float, image_size: int, num_classes: int, exclude: s
     return best
 
 
+def _total_stride(model_name: str, num_classes: int) -> Optional[int]:
+    """The model's last feature reduction (timm feature_info), or None where the model does not say."""
+    import timm
+    import torch
+    with torch.device("meta"):
+        model = timm.create_model(model_name, num_classes=num_classes)
+    info = getattr(model, "feature_info", None)
+    try:
+        return int(info[-1]["reduction"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nas_zoo.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
     parser.add_argument("--train-epochs", type=int, default=None, help="override train.epochs of train_demo.yaml")
+    parser.add_argument("--train-set", action="append", default=[], metavar="key.path=value",
+                        help="an override for train_demo.yaml (repeatable), e.g. --train-set data.num_train=2000")
     parser.add_argument("--no-compare", action="store_true", help="skip training the zoo model for comparison")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="overrides for dna_demo.yaml")
     args = parser.parse_args(argv)
@@ -75,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"      found {name}: {found_macs / 1e6:.2f} MMACs at {image_size}px, {found_params / 1e6:.2f}M params "
           f"({t_search:.0f} s)\n      {result['block_args']}", flush=True)
 
-    train_over = [f"train.epochs={args.train_epochs}"] if args.train_epochs else []
+    train_over = list(args.train_set) + ([f"train.epochs={args.train_epochs}"] if args.train_epochs else [])
     print(f"[2/3] training {name} from scratch", flush=True)
     ours = run_train_command(str(out / "search" / "entry.yaml"), _config("train_demo.yaml"), str(out / "train_found"),
                              train_over)
@@ -90,6 +105,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         ema = metrics.get("val_ema_top1")
         print(f"{label:<28}{macs / 1e6:>14.2f}{params / 1e6:>9.2f}M{metrics['val_top1']:>8.1f}%"
               f"{(f'{ema:.1f}%' if ema is not None else '-'):>11}")
+    if not args.no_compare:
+        strides = [_total_stride(n, num_classes) for n in (name, zoo_name)]
+        if None not in strides and strides[1] > strides[0]:
+            side = max(1, image_size // strides[1])
+            print(f"\n{zoo_name} was designed for ImageNet-size images: its total stride {strides[1]} leaves "
+                  f"{side}x{side} maps at {image_size} px.\nThe searched space (total stride {strides[0]}) fits "
+                  f"this data: what a search on one's own data buys.")
     print(f"\nchance is {100 / num_classes:.0f} %; wall time {time.perf_counter() - start:.0f} s; "
           f"entry: {out / 'search' / 'entry.yaml'} (NAS_ZOO_ENTRIES={out / 'search'} makes it a timm model)")
     return 0
