@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+OPS = ("MB6_3x3", "MB6_5x5", "MB6_7x7", "MB3_3x3", "MB3_5x5", "MB3_7x7")  # PRIMITIVES without SE
 
 
 def tiny_dna_config(**changes) -> dict:
@@ -16,11 +17,13 @@ def tiny_dna_config(**changes) -> dict:
         "data": {"kind": "embedded", "image_size": 32, "num_train": 256, "num_val": 64},
         "teacher": {"arch": {
             "model": "efficientnet", "stem_size": 8, "num_features": 64, "act_layer": "swish",
-            "block_args": [["ds_r1_k3_s1_c8_se0.25"], ["ir_r1_k3_s2_e2_c16_se0.25"], ["ir_r1_k3_s2_e2_c16_se0.25"],
-                           ["ir_r1_k3_s2_e2_c24_se0.25"], ["ir_r1_k3_s1_e2_c24_se0.25"],
-                           ["ir_r1_k3_s2_e2_c32_se0.25"], ["ir_r1_k3_s1_e2_c32_se0.25"]]}},
-        "supernet": {"stem_size": 8, "stem_block": "ds_r1_k3_s1_c8_se0.25",
-                     "stages": [[8, 2, 1], [16, 2, 2], [16, 2, 1], [24, 1, 1], [24, 2, 1], [32, 1, 1]]},
+            "block_args": [["ds_r1_k3_s1_c8"], ["ir_r1_k3_s1_e2_c16"], ["ir_r1_k3_s2_e2_c16"],
+                           ["ir_r1_k3_s2_e2_c24"], ["ir_r1_k3_s1_e2_c24"],
+                           ["ir_r1_k3_s1_e2_c32"], ["ir_r1_k3_s1_e2_c32"]]}},
+        # the demo's kind of space: total stride 8 for 32 px images, the official ops without SE
+        "supernet": {"stem_size": 8, "stem_block": "ds_r1_k3_s1_c8",
+                     "stages": [[8, 1, 1], [16, 2, 2], [16, 2, 1], [24, 1, 1], [24, 1, 1], [32, 1, 1]],
+                     "ops": list(OPS)},
         "distill": {"epochs": 2, "batch_size": 32, "lr": [0.002, 0.005, 0.005, 0.005, 0.005, 0.002]},
         "potential": {"batches": 1, "batch_size": 32},
         "search": {"budget": 100.0},

@@ -15,7 +15,7 @@ from nas_zoo.search.config import ConfigError
 from nas_zoo.search.methods.dna import match_stages, potential_metrics, teacher_block_shapes
 from nas_zoo.search.spaces.dna import PRIMITIVES, ChoiceLayer, op_block_string
 
-from search_helpers import REPO, cli, env, tiny_dna_config, write_config
+from search_helpers import OPS, REPO, cli, env, tiny_dna_config, write_config
 
 
 def test_choice_ops_are_the_timm_blocks_of_their_block_strings():
@@ -106,7 +106,7 @@ def test_cli_search_then_train_the_found_model(tmp_path):
     assert len(entry["arch"]["block_args"]) == 7
     for s, path in enumerate(entry["provenance"]["supernet_op_indices"]):
         assert entry["arch"]["block_args"][s + 1] == [
-            op_block_string(PRIMITIVES[c], (2, 2, 2, 1, 2, 1)[s] if i == 0 else 1, (8, 16, 16, 24, 24, 32)[s])
+            op_block_string(OPS[c], (1, 2, 2, 1, 1, 1)[s] if i == 0 else 1, (8, 16, 16, 24, 24, 32)[s])
             for i, c in enumerate(path)]
     pot = yaml.safe_load((run_dir / "potentials" / "official" / "potential-1.yaml").read_text())
     assert sorted(pot) == ["cl_loss", "gr_loss", "loss", "prec1", "rela_loss", "sq_loss", "top_index"]
@@ -135,8 +135,8 @@ def test_cli_search_then_train_the_found_model(tmp_path):
               tmp_path / "train")
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())["final"]
-    # two classes, 256 held-out images: chance is 50 % (+-3.1 % std); the loss must beat log(2) too
-    assert metrics["val_top1"] > 56.0 and metrics["val_loss"] < 0.693, metrics
+    # two classes, 256 held-out images: chance is 50 % (+-3.1 % std); 80 % is far above it (measured: 91 %)
+    assert metrics["val_top1"] > 80.0 and metrics["val_loss"] < 0.5, metrics
 
 
 @pytest.mark.slow
