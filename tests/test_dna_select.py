@@ -13,7 +13,8 @@ import yaml
 
 from nas_zoo.search.methods import dna_select
 from nas_zoo.search.methods.dna_select import (CostTable, CostTableError, InfeasibleBudgetError, PotentialFileError,
-                                               StagePotentials, load_potential_file, load_potentials, select)
+                                               StagePotentials, load_potential_file, load_potentials, pareto_front,
+                                               select)
 
 EXAMPLE = Path(__file__).parent / "fixtures" / "dna" / "potential_example"
 ANSWERS = json.loads((EXAMPLE / "answers.json").read_text())
@@ -140,6 +141,8 @@ def brute_force(stages, table, budget, metric):
     for cands in per_stage[1:]:
         cost = (cost[:, None] + cands[None, :, 0]).ravel()
         score = (score[:, None] + cands[None, :, 1]).ravel()
+    if budget is None:  # every architecture's (cost, score)
+        return cost, score
     feasible = cost <= budget
     return (score[feasible].min() if feasible.any() else None), cost
 
@@ -185,6 +188,22 @@ def test_select_equals_brute_force_on_random_instances():
         assert total == sel.score
         checked += 1
     assert checked > 250 and infeasible > 20 and boundary > 40
+
+
+def test_pareto_front_is_the_front_of_every_architecture():
+    rng = np.random.default_rng(7)
+    for _ in range(150):
+        stages, table = random_instance(rng)
+        cost, score = brute_force(stages, table, None, "cl_loss")
+        expected = []  # cheapest first; a point stays when it beats every cheaper-or-equal one
+        for c, sc in sorted(set(zip(cost.tolist(), score.tolist()))):
+            if not expected or sc < expected[-1][1]:
+                expected.append((c, sc))
+        front_cost, front_score = pareto_front(stages, table, "cl_loss")
+        assert list(zip(front_cost.tolist(), front_score.tolist())) == expected
+        # and select at a front point's cost returns that point
+        k = int(rng.integers(len(expected)))
+        assert select(stages, table, expected[k][0], "cl_loss").score == expected[k][1]
 
 
 def test_readme_scale_equals_dynamic_programming():

@@ -37,7 +37,7 @@ import yaml
 
 from ..cost import CostTable, CostTableError
 
-__all__ = ["StagePotentials", "Selection", "CostTable", "CostTableError", "PotentialFileError",
+__all__ = ["StagePotentials", "Selection", "pareto_front", "CostTable", "CostTableError", "PotentialFileError",
            "InfeasibleBudgetError", "load_potentials", "load_potential_file", "save_potentials", "select", "main",
            "PRIMITIVES", "OFFICIAL_NUM_OPS"]
 
@@ -508,10 +508,42 @@ def select(stages: Sequence[StagePotentials], costs: CostTable, budget: float, m
     if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)) \
             or not math.isfinite(budget):
         raise ValueError(f"budget must be a finite number, got {budget!r}")
-    budget = float(budget)
     data = _stages(stages, costs, metric)
-    min_cost = [float(st.cost.min()) for st in data]
+    front = _front(data, costs, float(budget))
+    best = int(np.argmin(front.score))  # fronts have strictly decreasing scores: this is the last point
+    return Selection(stages=front.arch(data, best), score=float(front.score[best]), cost=float(front.cost[best]),
+                     fronts=front.sizes)
 
+
+def pareto_front(stages: Sequence[StagePotentials], costs: CostTable, metric: str = "cl_loss"
+                 ) -> Tuple[np.ndarray, np.ndarray]:
+    """Every architecture that no other beats in both cost and summed `metric`: (costs, scores), by increasing
+    cost and strictly decreasing score. `select` at budget b returns the last point with cost <= b."""
+    data = _stages(stages, costs, metric)
+    front = _front(data, costs, math.inf)
+    return front.cost, front.score
+
+
+@dataclass
+class _Front:
+    cost: np.ndarray
+    score: np.ndarray
+    choice: List[np.ndarray]   # per stage: candidate index of each front point
+    parent: List[np.ndarray]   # per stage: index into the previous stage's front
+    sizes: List[int]
+
+    def arch(self, data: Sequence[_Stage], k: int) -> List[List[int]]:
+        arch: List[List[int]] = []
+        for s in range(len(data) - 1, -1, -1):
+            arch.append(data[s].arch(int(self.choice[s][k])))
+            if s:
+                k = int(self.parent[s][k])
+        return arch[::-1]
+
+
+def _front(data: Sequence[_Stage], costs: CostTable, budget: float) -> _Front:
+    """The Pareto front of whole architectures within `budget`, stage by stage (see docs/dna_select.md)."""
+    min_cost = [float(st.cost.min()) for st in data]
     cheapest = costs.fixed
     for c in min_cost:
         cheapest = cheapest + c
@@ -523,8 +555,8 @@ def select(stages: Sequence[StagePotentials], costs: CostTable, budget: float, m
     front_score = data[0].score[fronts[0]]
     keep = _completable(front_cost, min_cost[1:], budget)
     front_cost, front_score = front_cost[keep], front_score[keep]
-    choice = [fronts[0][keep]]          # per stage: candidate index of each front point
-    parent: List[np.ndarray] = [np.zeros(0, dtype=np.int64)]  # per stage: index into the previous front
+    choice = [fronts[0][keep]]
+    parent: List[np.ndarray] = [np.zeros(0, dtype=np.int64)]
     sizes = [len(front_cost)]
     for s in range(1, len(data)):
         stage_cost, stage_score = data[s].cost[fronts[s]], data[s].score[fronts[s]]
@@ -533,15 +565,7 @@ def select(stages: Sequence[StagePotentials], costs: CostTable, budget: float, m
         parent.append(prev)
         choice.append(fronts[s][pick])
         sizes.append(len(front_cost))
-
-    best = int(np.argmin(front_score))  # fronts have strictly decreasing scores: this is the last point
-    arch: List[List[int]] = []
-    k = best
-    for s in range(len(data) - 1, -1, -1):
-        arch.append(data[s].arch(int(choice[s][k])))
-        if s:
-            k = int(parent[s][k])
-    return Selection(stages=arch[::-1], score=float(front_score[best]), cost=float(front_cost[best]), fronts=sizes)
+    return _Front(front_cost, front_score, choice, parent, sizes)
 
 
 def _completable(cost: np.ndarray, rest_min: Sequence[float], budget: float) -> np.ndarray:
