@@ -112,6 +112,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"\n{zoo_name} was designed for ImageNet-size images: its total stride {strides[1]} leaves "
                   f"{side}x{side} maps at {image_size} px.\nThe searched space (total stride {strides[0]}) fits "
                   f"this data: what a search on one's own data buys.")
+    from .search.plots import have_matplotlib, plot_comparison
+    if have_matplotlib():
+        runs = {f"{label} {macs / 1e6:.2f} MMACs": out / d for (label, macs, _, _), d in
+                zip(rows, ["train_found"] + ([f"train_{zoo_name}"] if not args.no_compare else []))}
+        figure = plot_comparison(runs, out / "compare.png", title=f"embedded data, {num_classes} classes, "
+                                                                  f"{image_size} px")
+        print(f"\nfigures: {figure}, {out / 'search' / 'search.png'}")
     print(f"\nchance is {100 / num_classes:.0f} %; wall time {time.perf_counter() - start:.0f} s; "
           f"entry: {out / 'search' / 'entry.yaml'} (NAS_ZOO_ENTRIES={out / 'search'} makes it a timm model)")
     return 0

@@ -4,6 +4,7 @@
     nas-zoo-search dna select potential-0.yaml ... --budget 460 --cost-table costs.json
     nas-zoo-search train ENTRY_OR_NAME --config configs/search/train_demo.yaml [--out RUN_DIR] [key=value ...]
     nas-zoo-search resume RUN_DIR
+    nas-zoo-search plot RUN_DIR
 
 Every run directory holds resolved.yaml (the full config after defaults and overrides) and run.json (the
 command), so `resume` needs nothing else. Multi-GPU / multi-node: launch the same command with torchrun.
@@ -21,11 +22,12 @@ __all__ = ["main", "build_parser"]
 
 EXAMPLES = """examples:
   nas-zoo-search dna --config configs/search/dna_demo.yaml --out runs/dna_demo
-  nas-zoo-search dna --config configs/search/dna_demo.yaml distill.epochs=1 search.budget=2.5
+  nas-zoo-search dna --config configs/search/dna_demo.yaml distill.epochs=1 search.budget=5
   torchrun --nproc_per_node=8 -m nas_zoo.search.cli dna --config configs/search/dna_imagenet.yaml
-  nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget 3 --cost-table runs/dna_demo/cost_table.json
+  nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget 5e6   # MACs, from cost-macs.json
   nas-zoo-search train runs/dna_demo/entry.yaml --config configs/search/train_demo.yaml
   nas-zoo-search resume runs/dna_demo
+  nas-zoo-search plot runs/dna_demo                  # search.png (also written at the end of every run)
 """
 
 
@@ -54,7 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="continue a run from its last checkpoints",
                        description="Continue the run in RUN_DIR with its recorded command and resolved config.")
     p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = sub.add_parser("plot", help="draw the figure of a finished run (needs matplotlib)",
+                       description="Write RUN_DIR/search.png (a DNA search: the exact cost/potential front, the "
+                                   "budget, the chosen model, distillation losses) or RUN_DIR/curves.png (a "
+                                   "training run: loss and top-1 per epoch). Runs draw these themselves when "
+                                   "matplotlib is installed.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
     return parser
+
+
+def _figures(run_dir: Path, ctx) -> None:
+    """Draw a finished run's figures (rank 0); a run's results never depend on this, so a failure only warns."""
+    if not ctx.is_main:
+        return
+    from .plots import have_matplotlib, plot_run
+    if not have_matplotlib():
+        print("  figures: install matplotlib (pip install nas-zoo[plot]) for search.png / curves.png")
+        return
+    try:
+        paths = [plot_run(run_dir)] + ([plot_run(run_dir / "teacher")] if (run_dir / "teacher" / "metrics.json")
+                                       .exists() else [])
+    except Exception as e:  # noqa: BLE001  (the run is done and saved; say why there is no figure)
+        print(f"  figures: not drawn ({type(e).__name__}: {e})", file=sys.stderr)
+        return
+    print("  figures: " + ", ".join(str(p) for p in paths))
 
 
 def _write_once(run_dir: Path, resolved: dict, record: dict, ctx) -> None:
@@ -100,6 +126,7 @@ def run_dna_command(config, out: Optional[str], overrides: List[str]) -> dict:
     if ctx.is_main and result.get("status") == "done":
         print(f"searched {result['name']}: {result['macs']:.3f} MMACs, {cfg['search']['metric']} sum "
               f"{result['score']:.4f}\n  entry: {result['entry']}")
+        _figures(run_dir, ctx)
     return result
 
 
@@ -121,6 +148,7 @@ def run_train_command(model: str, config, out: Optional[str], overrides: List[st
         print(f"trained {result['model']}: top-1 {result['val_top1']:.2f}% "
               + (f"(EMA {result['val_ema_top1']:.2f}%) " if "val_ema_top1" in result else "")
               + f"after {cfg['train']['epochs']} epochs; weights {run_dir / 'model.pt'}")
+        _figures(run_dir, ctx)
     return result
 
 
@@ -168,10 +196,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             run_dna_command(args.config, args.out, args.overrides)
         elif args.command == "train":
             run_train_command(args.model, args.config, args.out, args.overrides)
+        elif args.command == "plot":
+            from .plots import have_matplotlib, plot_run
+            if not have_matplotlib():
+                raise RunError("plot needs matplotlib: pip install nas-zoo[plot]")
+            print(plot_run(args.run_dir))
         else:
             resume(args.run_dir)
         return 0
-    except (ConfigError, DataError, EntryError, CheckpointError, RunError, RunDirError, KeyError) as e:
+    except (ConfigError, DataError, EntryError, CheckpointError, RunError, RunDirError, KeyError,
+            FileNotFoundError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"nas-zoo-search {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -92,6 +92,8 @@ def test_main_job_wires_search_training_and_comparison(tmp_path):
     assert "chance is 25 %" in stdout and "total stride 8" in stdout
     resolved = yaml.safe_load((tmp_path / "demo" / "train_found" / "resolved.yaml").read_text())
     assert resolved["data"]["num_train"] == 256 and resolved["train"]["epochs"] == 1
+    for figure in ("compare.png", "search/search.png", "search/teacher/curves.png", "train_found/curves.png"):
+        assert (tmp_path / "demo" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
 
 
 @pytest.mark.slow

@@ -135,6 +135,8 @@ def test_cli_search_then_train_the_found_model(tmp_path):
               tmp_path / "train")
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())["final"]
+    for figure in (run_dir / "search.png", tmp_path / "train" / "curves.png"):
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
     # two classes, 256 held-out images: chance is 50 % (+-3.1 % std); 80 % is far above it (measured: 91 %)
     assert metrics["val_top1"] > 80.0 and metrics["val_loss"] < 0.5, metrics
 

@@ -1,0 +1,176 @@
+"""Figures of a run directory, written beside its files when matplotlib is installed (`pip install nas-zoo[plot]`):
+
+* a DNA search -> `search.png`: the best summed potential within every budget (the exact cost/potential front
+  of the whole space, `dna_select.pareto_front`), the budget and the chosen architecture; and each stage's
+  distillation loss per epoch;
+* a training run -> `curves.png`: train/val loss and val top-1 (and the EMA's) per epoch;
+* the main job -> `compare.png`: val top-1 per epoch of the found model and the zoo model.
+
+`nas-zoo-search plot RUN_DIR` draws them again for a finished run.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+__all__ = ["plot_run", "plot_dna_search", "plot_training", "plot_comparison", "have_matplotlib"]
+
+PathLike = Union[str, os.PathLike]
+_UNITS = {"macs": "MMACs", "params": "M params", "latency": "ms"}
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _log_rows(run_dir: Path) -> List[dict]:
+    path = run_dir / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_dna_search(run_dir: PathLike) -> Path:
+    """`RUN_DIR/search.png` for a finished DNA search (needs entry.yaml, the potentials and the cost tables)."""
+    import yaml
+    from .methods.dna import COST_SCALE
+    from .methods.dna_select import load_potentials, pareto_front
+    from .cost import CostTable
+
+    run_dir = Path(run_dir)
+    entry = yaml.safe_load((run_dir / "entry.yaml").read_text())
+    prov = entry["provenance"]
+    kind, metric = prov["cost"]["kind"], prov["score"]["metric"]
+    pot_dir = run_dir / "potentials"  # the run's own copy, also when the directory was moved
+    stages = load_potentials([pot_dir / Path(p).name for p in prov["potentials"]])
+    table = CostTable.from_json(pot_dir / f"cost-{kind}.json")
+    front_cost, front_score = pareto_front(stages, table, metric)
+    scale = COST_SCALE[kind]
+    x = front_cost / scale
+
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
+    ax.step(x, front_score, where="post", color="tab:blue", lw=1.5,
+            label=f"best architecture within the budget ({len(x)} on the front)")
+    ax.plot(x, front_score, ".", color="tab:blue", ms=3)
+    ax.axvline(prov["cost"]["budget"], color="tab:gray", ls="--", lw=1, label=f"budget {prov['cost']['budget']:g}")
+    ax.plot([prov["cost"]["value"]], [prov["score"]["sum"]], "*", color="tab:red", ms=14,
+            label=f"{entry['name']}: {prov['cost']['value']:.3g} {_UNITS[kind]}")
+    ax.set_xlabel(f"{kind} at {prov['cost']['image_size']} px ({_UNITS[kind]})")
+    ax.set_ylabel(f"sum of stage {metric} (lower is better)")
+    ax.set_title("DNA search: exact cost / potential front")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    losses: Dict[int, Dict[int, float]] = {}
+    for row in _log_rows(run_dir):
+        phase = str(row.get("phase", ""))
+        if phase.startswith("stage ") and "train_loss" in row:
+            losses.setdefault(int(phase.split()[1]), {})[int(row["epoch"])] = float(row["train_loss"])
+    for s in sorted(losses):
+        epochs = sorted(losses[s])
+        bx.plot(epochs, [losses[s][e] for e in epochs], "o-", ms=3, label=f"stage {s}")
+    from matplotlib.ticker import MaxNLocator
+    bx.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bx.set_xlabel("epoch")
+    bx.set_ylabel("distillation loss (MSE to the teacher block)")
+    bx.set_title("block-wise distillation")
+    bx.grid(alpha=0.3)
+    if losses:
+        bx.legend(fontsize=8)
+    path = _save(fig, run_dir / "search.png")
+    plt.close(fig)
+    return path
+
+
+def _model_name(run_dir: Path) -> str:
+    """The trained model's name: the entry's for an entry file or search run, else as given (teacher: the folder)."""
+    import yaml
+    try:
+        model = json.loads((run_dir / "run.json").read_text())["model"]
+    except (OSError, ValueError, KeyError):
+        return run_dir.name
+    entry = Path(model) if str(model).endswith((".yaml", ".yml")) else Path(model) / "entry.yaml"
+    try:
+        return str(yaml.safe_load(entry.read_text())["name"])
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return str(model)
+
+
+def plot_training(run_dir: PathLike) -> Path:
+    """`RUN_DIR/curves.png` from a training run's metrics.json."""
+    run_dir = Path(run_dir)
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    epochs = [h["epoch"] for h in history]
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "val"), ("val_ema_loss", "val (EMA)")):
+        if any(key in h for h in history):
+            ax.plot(epochs, [h.get(key) for h in history], "o-", ms=3, label=label)
+    for key, label in (("val_top1", "val"), ("val_ema_top1", "val (EMA)")):
+        if any(key in h for h in history):
+            bx.plot(epochs, [h.get(key) for h in history], "o-", ms=3, label=label)
+    ax.set_ylabel("loss")
+    bx.set_ylabel("top-1 (%)")
+    for a in (ax, bx):
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(f"training {_model_name(run_dir)}")
+    path = _save(fig, run_dir / "curves.png")
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(runs: Dict[str, PathLike], out: PathLike, title: str = "") -> Path:
+    """Val top-1 per epoch of several training runs ({label: run_dir}) in one figure: `out` (PNG)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, run_dir in runs.items():
+        history = json.loads((Path(run_dir) / "metrics.json").read_text())["history"]
+        ax.plot([h["epoch"] for h in history], [h["val_top1"] for h in history], "o-", ms=3, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = _save(fig, Path(out))
+    plt.close(fig)
+    return path
+
+
+def plot_run(run_dir: PathLike) -> Optional[Path]:
+    """The figure of a finished run (search or training), or None when matplotlib is not installed."""
+    if not have_matplotlib():
+        return None
+    run_dir = Path(run_dir)
+    if (run_dir / "entry.yaml").exists() and (run_dir / "potentials").is_dir():
+        return plot_dna_search(run_dir)
+    if (run_dir / "metrics.json").exists():
+        return plot_training(run_dir)
+    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/) nor a finished "
+                            "training run (metrics.json)")
