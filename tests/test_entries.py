@@ -202,6 +202,17 @@ def test_cli_list_and_info():
     assert by_name["dna_a"]["params_m"] == pytest.approx(4.243, abs=1e-3)
     assert by_name["cream_14"]["macs_m"] == pytest.approx(13.2, abs=0.05)  # at its 64 px eval size
     assert by_name["dna_a"]["paper_top1"] == 77.1
+    assert by_name["dna_a"]["weights"] == "in1k"
+    # an architecture-only entry keeps its tag (preprocessing) but lists no weights
+    assert by_name["darts_v1_cifar"]["weights"] == "-" and by_name["darts_v1_cifar"]["tags"] == ["cifar10"]
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(["list"]) == 0
+    lines = buf.getvalue().splitlines()
+    name_col = lines[0].index("family")
+    assert all(line[name_col - 1] == " " and line[name_col:].split()[0] in {"family", "darts_cell", "efficientnet",
+                                                                             "shufflenet_spos", "densenas_resnet"}
+               for line in lines[2:-1]), lines
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert main(["info", "dna_b"]) == 0

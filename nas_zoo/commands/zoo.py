@@ -33,6 +33,15 @@ def measure(entry) -> dict:
     return {"params": count_params(model), "macs": count_macs(model, size), "input_size": list(size)}
 
 
+WEIGHT_SOURCES = ("hf_hub_id", "url", "file")
+
+
+def weight_tags(entry) -> list:
+    """The entry's pretrained tags that name where weights come from (architecture-only tags carry preprocessing
+    and provenance alone)."""
+    return [tag for tag, cfg in entry.pretrained.items() if any(cfg.get(k) for k in WEIGHT_SOURCES)]
+
+
 def _fmt(value, scale=1e6, digits=2):
     return "-" if value is None else f"{value / scale:.{digits}f}"
 
@@ -43,20 +52,23 @@ def run_list(args) -> int:
         m = measure(entry)
         rows.append({"name": entry.name, "family": entry.family, "params_m": round(m["params"] / 1e6, 3),
                      "macs_m": round(m["macs"] / 1e6, 1), "input": m["input_size"][-1],
-                     "paper_top1": entry.paper.get("top1"), "weights": ",".join(entry.pretrained) or "-"})
+                     "paper_top1": entry.paper.get("top1"), "weights": ",".join(weight_tags(entry)) or "-",
+                     "tags": list(entry.pretrained)})
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return 0
-    header = f"{'name':<22} {'family':<16} {'params(M)':>9} {'MACs(M)':>9} {'res':>4} {'top-1':>6}  weights"
+    width = max([len("name")] + [len(r["name"]) for r in rows])
+    header = f"{'name':<{width}} {'family':<16} {'params(M)':>9} {'MACs(M)':>9} {'res':>4} {'top-1':>6}  weights"
     print(header)
     print("-" * len(header))
     for r in rows:
         top1 = "-" if r["paper_top1"] is None else f"{r['paper_top1']:.1f}"
-        print(f"{r['name']:<22} {r['family']:<16} {r['params_m']:>9.2f} {r['macs_m']:>9.1f} {r['input']:>4} "
+        print(f"{r['name']:<{width}} {r['family']:<16} {r['params_m']:>9.2f} {r['macs_m']:>9.1f} {r['input']:>4} "
               f"{top1:>6}  {r['weights']}")
     print(f"{len(rows)} models; MACs = conv+linear multiply-accumulates at the eval resolution (torch.utils."
-          "flop_counter); top-1 as the paper reports it")
+          "flop_counter); top-1 as the paper reports it; weights: the tags with a weight source ('-': architecture "
+          "only, load your own with pretrained_cfg_overlay=dict(file=...))")
     return 0
 
 
