@@ -24,7 +24,8 @@ def _config(name: str) -> Path:
 
 
 def closest_zoo_model(macs: float, image_size: int, num_classes: int, exclude: str):
-    """The registered zoo entry whose MACs at `image_size` are closest to `macs`."""
+    """The registered zoo entry whose MACs at `image_size` are closest to `macs`: (name, MACs, params, the model
+    on the meta device)."""
     import timm
     from .cost import count_macs, count_params
     from .registry import list_entries
@@ -37,16 +38,12 @@ def closest_zoo_model(macs: float, image_size: int, num_classes: int, exclude: s
             model = timm.create_model(entry.name, num_classes=num_classes)
         m = count_macs(model, (3, image_size, image_size))
         if best is None or abs(m - macs) < abs(best[1] - macs):
-            best = (entry.name, m, count_params(model))
+            best = (entry.name, m, count_params(model), model)
     return best
 
 
-def _total_stride(model_name: str, num_classes: int) -> Optional[int]:
+def _total_stride(model) -> Optional[int]:
     """The model's last feature reduction (timm feature_info), or None where the model does not say."""
-    import timm
-    import torch
-    with torch.device("meta"):
-        model = timm.create_model(model_name, num_classes=num_classes)
     info = getattr(model, "feature_info", None)
     try:
         return int(info[-1]["reduction"])
@@ -94,19 +91,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"[2/3] training {name} from scratch", flush=True)
     ours = run_train_command(str(out / "search" / "entry.yaml"), _config("train_demo.yaml"), str(out / "train_found"),
                              train_over)
-    rows = [(name + " (found)", found_macs, found_params, ours)]
+    rows = [(name + " (found)", found_macs, found_params, ours, out / "train_found")]
     if not args.no_compare:
-        zoo_name, zoo_macs, zoo_params = closest_zoo_model(found_macs, image_size, num_classes, exclude=name)
+        zoo_name, zoo_macs, zoo_params, zoo_model = closest_zoo_model(found_macs, image_size, num_classes,
+                                                                      exclude=name)
         print(f"[3/3] training the zoo model of the closest cost, {zoo_name}, with the same recipe", flush=True)
-        zoo = run_train_command(zoo_name, _config("train_demo.yaml"), str(out / f"train_{zoo_name}"), train_over)
-        rows.append((zoo_name + " (zoo)", zoo_macs, zoo_params, zoo))
+        zoo_dir = out / f"train_{zoo_name}"
+        zoo = run_train_command(zoo_name, _config("train_demo.yaml"), str(zoo_dir), train_over)
+        rows.append((zoo_name + " (zoo)", zoo_macs, zoo_params, zoo, zoo_dir))
     print(f"\n{'model':<28}{'MMACs@' + str(image_size) + 'px':>14}{'params':>10}{'top-1':>9}{'top-1 EMA':>11}")
-    for label, macs, params, metrics in rows:
+    for label, macs, params, metrics, _ in rows:
         ema = metrics.get("val_ema_top1")
         print(f"{label:<28}{macs / 1e6:>14.2f}{params / 1e6:>9.2f}M{metrics['val_top1']:>8.1f}%"
               f"{(f'{ema:.1f}%' if ema is not None else '-'):>11}")
     if not args.no_compare:
-        strides = [_total_stride(n, num_classes) for n in (name, zoo_name)]
+        strides = [_total_stride(m) for m in (found, zoo_model)]
         if None not in strides and strides[1] > strides[0]:
             side = max(1, image_size // strides[1])
             print(f"\n{zoo_name} was designed for ImageNet-size images: its total stride {strides[1]} leaves "
@@ -114,8 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"this data: what a search on one's own data buys.")
     from .search.plots import have_matplotlib, plot_comparison
     if have_matplotlib():
-        runs = {f"{label} {macs / 1e6:.2f} MMACs": out / d for (label, macs, _, _), d in
-                zip(rows, ["train_found"] + ([f"train_{zoo_name}"] if not args.no_compare else []))}
+        runs = {f"{label} {macs / 1e6:.2f} MMACs": run_dir for label, macs, _, _, run_dir in rows}
         figure = plot_comparison(runs, out / "compare.png", title=f"embedded data, {num_classes} classes, "
                                                                   f"{image_size} px")
         print(f"\nfigures: {figure}, {out / 'search' / 'search.png'}")

@@ -200,12 +200,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             from .plots import have_matplotlib, plot_run
             if not have_matplotlib():
                 raise RunError("plot needs matplotlib: pip install nas-zoo[plot]")
-            print(plot_run(args.run_dir))
+            try:
+                print(plot_run(args.run_dir))
+            except FileNotFoundError as e:  # not a finished run: say so in one line
+                raise RunError(str(e)) from None
         else:
             resume(args.run_dir)
         return 0
-    except (ConfigError, DataError, EntryError, CheckpointError, RunError, RunDirError, KeyError,
-            FileNotFoundError) as e:
+    except (ConfigError, DataError, EntryError, CheckpointError, RunError, RunDirError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"nas-zoo-search {args.command}: error: {message}", file=sys.stderr)
         return 2

@@ -10,10 +10,11 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Union
 
 __all__ = ["plot_run", "plot_dna_search", "plot_training", "plot_comparison", "have_matplotlib"]
 
@@ -22,11 +23,7 @@ _UNITS = {"macs": "MMACs", "params": "M params", "latency": "ms"}
 
 
 def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _pyplot():
@@ -37,10 +34,23 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
+    """Write the figure through a temporary file (a reader never sees half a PNG), then free it."""
+    import matplotlib.pyplot as plt
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=130, bbox_inches="tight")
+    plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def _epoch_axis(ax, ylabel: str, legend: bool = True) -> None:
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8)
 
 
 def _log_rows(run_dir: Path) -> List[dict]:
@@ -68,8 +78,7 @@ def plot_dna_search(run_dir: PathLike) -> Path:
     scale = COST_SCALE[kind]
     x = front_cost / scale
 
-    plt = _pyplot()
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, (ax, bx) = _pyplot().subplots(1, 2, figsize=(12, 4.4))
     ax.step(x, front_score, where="post", color="tab:blue", lw=1.5,
             label=f"best architecture within the budget ({len(x)} on the front)")
     ax.plot(x, front_score, ".", color="tab:blue", ms=3)
@@ -90,17 +99,9 @@ def plot_dna_search(run_dir: PathLike) -> Path:
     for s in sorted(losses):
         epochs = sorted(losses[s])
         bx.plot(epochs, [losses[s][e] for e in epochs], "o-", ms=3, label=f"stage {s}")
-    from matplotlib.ticker import MaxNLocator
-    bx.xaxis.set_major_locator(MaxNLocator(integer=True))
-    bx.set_xlabel("epoch")
-    bx.set_ylabel("distillation loss (MSE to the teacher block)")
     bx.set_title("block-wise distillation")
-    bx.grid(alpha=0.3)
-    if losses:
-        bx.legend(fontsize=8)
-    path = _save(fig, run_dir / "search.png")
-    plt.close(fig)
-    return path
+    _epoch_axis(bx, "distillation loss (MSE to the teacher block)", legend=bool(losses))
+    return _save(fig, run_dir / "search.png")
 
 
 def _model_name(run_dir: Path) -> str:
@@ -122,51 +123,32 @@ def plot_training(run_dir: PathLike) -> Path:
     run_dir = Path(run_dir)
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     epochs = [h["epoch"] for h in history]
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax, bx) = _pyplot().subplots(1, 2, figsize=(11, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "val"), ("val_ema_loss", "val (EMA)")):
         if any(key in h for h in history):
             ax.plot(epochs, [h.get(key) for h in history], "o-", ms=3, label=label)
     for key, label in (("val_top1", "val"), ("val_ema_top1", "val (EMA)")):
         if any(key in h for h in history):
             bx.plot(epochs, [h.get(key) for h in history], "o-", ms=3, label=label)
-    ax.set_ylabel("loss")
-    bx.set_ylabel("top-1 (%)")
-    for a in (ax, bx):
-        a.xaxis.set_major_locator(MaxNLocator(integer=True))
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    _epoch_axis(ax, "loss")
+    _epoch_axis(bx, "top-1 (%)")
     fig.suptitle(f"training {_model_name(run_dir)}")
-    path = _save(fig, run_dir / "curves.png")
-    plt.close(fig)
-    return path
+    return _save(fig, run_dir / "curves.png")
 
 
 def plot_comparison(runs: Dict[str, PathLike], out: PathLike, title: str = "") -> Path:
     """Val top-1 per epoch of several training runs ({label: run_dir}) in one figure: `out` (PNG)."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4))
     for label, run_dir in runs.items():
         history = json.loads((Path(run_dir) / "metrics.json").read_text())["history"]
         ax.plot([h["epoch"] for h in history], [h["val_top1"] for h in history], "o-", ms=3, label=label)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 (%)")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    path = _save(fig, Path(out))
-    plt.close(fig)
-    return path
+    _epoch_axis(ax, "val top-1 (%)")
+    return _save(fig, Path(out))
 
 
-def plot_run(run_dir: PathLike) -> Optional[Path]:
-    """The figure of a finished run (search or training), or None when matplotlib is not installed."""
-    if not have_matplotlib():
-        return None
+def plot_run(run_dir: PathLike) -> Path:
+    """The figure of a finished run (search or training); needs matplotlib (see `have_matplotlib`)."""
     run_dir = Path(run_dir)
     if (run_dir / "entry.yaml").exists() and (run_dir / "potentials").is_dir():
         return plot_dna_search(run_dir)

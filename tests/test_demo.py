@@ -82,7 +82,7 @@ def test_main_job_wires_search_training_and_comparison(tmp_path):
                        "potential.batches=1", "--train-epochs", "1",
                        *[a for kv in small for a in ("--train-set", kv)], timeout=600)
     entry = yaml.safe_load((tmp_path / "demo" / "search" / "entry.yaml").read_text())
-    assert entry["provenance"]["cost"]["macs_m"] <= 6.0
+    assert entry["provenance"]["cost"]["macs_m"] <= entry["provenance"]["cost"]["budget"] == 6.0
     rows = [line.split() for line in stdout.splitlines() if "(found)" in line or "(zoo)" in line]
     assert [r[1] for r in rows] == ["(found)", "(zoo)"], stdout
     assert rows[0][0] == "dna_demo_found" and float(rows[0][2]) == pytest.approx(entry["provenance"]["cost"]["macs_m"],
