@@ -141,3 +141,18 @@ def official_cdarts_cell_checkpoint(sd):
 
 
 register_official_checkpoints("cdarts", ["cdarts_cifar", "cdarts_imagenet"], official_cdarts_cell_checkpoint)
+
+
+def search_step_dir(family: str) -> Path:
+    """The folder of a family's single-search-step fixtures: `$NAS_ZOO_SEARCH_REFERENCE/<family>/search_step` when
+    the variable is set (same layout as the measured reference), else the copy in tests/fixtures."""
+    import os
+    root = os.environ.get("NAS_ZOO_SEARCH_REFERENCE")
+    return (Path(root) if root else FIXTURES) / family / "search_step"
+
+
+def search_step_file(family: str, name: str) -> Path:
+    """One fixture file; a missing file is a test failure, never a skip."""
+    path = search_step_dir(family) / name
+    assert path.is_file(), f"search-step fixture missing: {path} (set NAS_ZOO_SEARCH_REFERENCE or restore tests/fixtures)"
+    return path
