@@ -8,7 +8,6 @@ dict subclass), so yacs need not be installed and no code from the file ever run
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from .errors import NasZooError
+from .io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "check_state_dict"]
 
@@ -119,9 +119,6 @@ def check_state_dict(state_dict: Mapping, expected: Mapping[str, Tuple[int, ...]
 
 def save_file_atomic(state_dict: Mapping[str, torch.Tensor], path, metadata: Optional[dict] = None) -> Path:
     """Write a safetensors file via a temp file + rename, so readers never see half a file."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    from safetensors.torch import save
+    data = save({k: v.contiguous() for k, v in state_dict.items()}, metadata=metadata)
+    return atomic_write_bytes(path, data)

@@ -24,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import yaml
 
 from .errors import NasZooError
+from .io import atomic_write_text
 
 __all__ = ["ArchEntry", "EntryError", "load_entry", "Field"]
 
@@ -175,11 +176,7 @@ class ArchEntry:
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write the entry atomically (a crash never leaves a half-written entry)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_yaml())
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.to_yaml())
 
 
 def load_entry(obj: Union[str, os.PathLike, Mapping], source: Optional[str] = None) -> ArchEntry:

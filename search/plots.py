@@ -35,11 +35,11 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     """Write the figure through a temporary file (a reader never sees half a PNG), then free it."""
     import matplotlib.pyplot as plt
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from nas_zoo.io import atomic_write
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=130, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _epoch_axis(ax, ylabel: str, legend: bool = True) -> None:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import Opt
-from .engine import DistContext, RunLogger, TrainLoop, convert_sync_batchnorm, progress, unwrap, wrap_ddp
+from .engine import DistContext, RunLogger, TrainLoop, convert_sync_batchnorm, unwrap, wrap_ddp
 
 __all__ = ["TRAIN_SECTION", "ENGINE_SECTION", "train_classifier", "evaluate_classifier"]
 
@@ -57,7 +55,8 @@ ENGINE_SECTION = {
 
 def _per_rank_batch(batch_size: int, ctx: DistContext, key: str) -> int:
     if batch_size % ctx.world_size:
-        raise ValueError(f"{key}={batch_size} is not divisible by the {ctx.world_size} processes")
+        from .config import ConfigError
+        raise ConfigError("<config>", key, f"{batch_size} is not divisible by the {ctx.world_size} processes")
     return batch_size // ctx.world_size
 
 
@@ -154,9 +153,8 @@ def train_classifier(model: nn.Module, train_cfg: dict, engine_cfg: dict, data_c
         save_checkpoint(unwrap(model).state_dict(), out_dir / "model.pt")
         if ema is not None:
             save_checkpoint(ema.module.state_dict(), out_dir / "model_ema.pt")
-        tmp = out_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps({"final": final, "history": history}, indent=1))
-        os.replace(tmp, out_dir / "metrics.json")
+        from nas_zoo.io import atomic_write_text
+        atomic_write_text(out_dir / "metrics.json", json.dumps({"final": final, "history": history}, indent=1))
     logger.close()
     ctx.barrier()
     return final
@@ -173,8 +171,8 @@ TRAIN_SCHEMA = {
 def resolve_model(model: str):
     """ENTRY_OR_NAME -> (timm model name, entry or None): an entry YAML, a run dir with entry.yaml, or a name."""
     import timm
-    from ..entry import EntryError
-    from ..registry import get_entry, register_entry
+    from nas_zoo.entry import EntryError
+    from nas_zoo.registry import get_entry, register_entry
     path = Path(model)
     if path.is_dir() and (path / "entry.yaml").is_file():
         path = path / "entry.yaml"

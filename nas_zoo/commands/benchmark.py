@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
 import torch
 
@@ -90,13 +89,12 @@ def format_table(rows) -> str:
 
 
 def write_csv(rows, path) -> None:
-    import os
+    import io
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
-    os.replace(tmp, path)
+    from ..io import atomic_write_text
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+    atomic_write_text(path, buf.getvalue())

@@ -108,13 +108,12 @@ def draw(records: List[dict], out: str, dpi: int = 150) -> Path:
         inside = [r for r in scored if x0 <= r[key] <= x1 and y0 <= r["top1"] <= y1]
         _place_labels(fig, top[i], [r for r in scored if r not in inside], key)
         _place_labels(fig, detail[i], inside, key)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    from ..io import atomic_write
+    fmt = Path(out).suffix.lstrip(".") or "png"
+    try:
+        return atomic_write(out, lambda f: fig.savefig(f, dpi=dpi, format=fmt))
+    finally:
+        plt.close(fig)
 
 
 def _draw_series(ax, records, key, methods, colors, big: bool) -> None:
