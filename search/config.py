@@ -10,11 +10,11 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from ..errors import NasZooError
+from nas_zoo.errors import NasZooError
 
 __all__ = ["ConfigError", "Opt", "load_config", "apply_overrides", "validate", "dump_yaml"]
 

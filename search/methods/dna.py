@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from ..config import ConfigError, Opt, dump_yaml
+from ..config import ConfigError, Opt
 from . import Method
 from ..cost import DISPLAY_UNITS, Budget, check_budget
 from ..engine import (DistContext, RunError, RunLogger, TrainLoop, convert_sync_batchnorm, load_checkpoint, progress,
@@ -138,12 +136,12 @@ def check_config(cfg: dict, source: str) -> None:
 def check_budget_feasible(cfg: dict, source: str) -> None:
     """The budget against the space's cheapest and most expensive architecture, from the cost tables alone
     (meta-device counts, seconds): an infeasible budget fails before any training, and again on resume."""
-    from ..data import DataConfig, build_dataset
+    from ..data import DataConfig, num_classes_of
     budget = Budget.parse(cfg["search"]["budget"], source, "search.budget")
     if budget.metric == "latency":
         return  # measured on the device at the end of the run; nothing to price beforehand
     data_cfg = DataConfig.from_dict(cfg["data"], where="data")
-    num_classes = build_dataset(data_cfg, "train").num_classes
+    num_classes = num_classes_of(data_cfg)
     lo, hi = dna_space(cfg).cost_range(budget.metric, _image_size(data_cfg, cfg), num_classes)
     check_budget(budget, lo, hi, source)
 
@@ -163,8 +161,8 @@ def build_teacher(cfg: dict, num_classes: int, for_training: bool = False) -> nn
             raise
     else:
         from timm.models.efficientnet import EfficientNet
-        from ...entry import Field
-        from ...families.efficientnet import model_kwargs, validate_arch
+        from nas_zoo.entry import Field
+        from nas_zoo.families.efficientnet import model_kwargs, validate_arch
         arch = validate_arch(Field("<config>", "teacher.arch", copy.deepcopy(t["arch"])))
         kw = model_kwargs(arch)
         if not for_training:
@@ -262,23 +260,10 @@ def match_stages(teacher_shapes: Sequence[Tuple[int, int]], student_strides: Seq
 
 
 # ----------------------------------------------------------------------------------------- potentials
-def _reset_bn(module: nn.Module) -> None:
-    """Official BN_Correction set-up: forget running stats; momentum 1 so one batch sets them."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = 1.0
-
-
-@torch.no_grad()
 def recalibrate_bn(forward, module: nn.Module, batch: torch.Tensor) -> None:
-    saved = {m: m.momentum for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    _reset_bn(module)
-    module.train()
-    forward(batch)
-    module.eval()
-    for m, mom in saved.items():
-        m.momentum = mom
+    """The official BN_Correction: running statistics from one training batch (momentum 1), then eval mode."""
+    from ..evaluate import recalibrate_bn as recalibrate
+    recalibrate(module, forward, [batch], cumulative=False)
 
 
 def potential_metrics(out: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
@@ -323,9 +308,8 @@ def write_potential(potential: Dict[str, list], stage: int, layers: int, ops: Se
 
 def write_official_potential(potential: Dict[str, list], path: Path) -> None:
     """The official format (process_potential.py input): keys sorted, block-style lists (yaml.safe_dump)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(dict(potential), default_flow_style=False))
-    os.replace(tmp, path)
+    from nas_zoo.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(dict(potential), default_flow_style=False))
 
 
 # ----------------------------------------------------------------------------------------- costs / export
@@ -512,7 +496,7 @@ def _plain_copy(twin: nn.Module, trained: nn.Module) -> nn.Module:
 def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_classes: int, image_size: int,
                       source: str, ctx: DistContext) -> Dict[str, Any]:
     from . import dna_select
-    from ...entry import ArchEntry, load_entry
+    from nas_zoo.entry import load_entry
 
     pot_dir = run_dir / "potentials"
     pot_files = [str(pot_dir / f"potential-{s}.yaml") for s in range(len(supernet.stages))]
