@@ -151,3 +151,22 @@ def dsnas_step(net: nn.Module, log_alpha: torch.Tensor, x: torch.Tensor, target:
             log_alpha.grad.add_(grad)
             result.flops_loss, result.flops_grad = flops_loss.detach(), grad
     return result
+
+
+def average_gradients(params: Sequence[torch.Tensor], world_size: int) -> None:
+    """Mean of every gradient over the ranks, the same collective list on every rank: a parameter no rank's path
+    touched keeps grad None (so momentum / weight decay leave it alone), one touched on some rank gets zeros on
+    the others. Call after the reward is applied (a mean of per-rank products)."""
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+    params = list(params)
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32)
+    dist.all_reduce(has)
+    for p, n in zip(params, has.tolist()):
+        if n == 0:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad.div_(world_size)
