@@ -327,3 +327,65 @@ def test_estimator_closed_form_on_a_tiny_space():
             d = (F.cross_entropy(net(x, path, plus), y) - F.cross_entropy(net(x, path, minus), y)) / (2 * eps)
         expected = d * (gates[i] - F.softmax(arch.log_alpha.detach()[i], -1))
         np.testing.assert_allclose(arch.log_alpha.grad[i].numpy(), expected.numpy(), rtol=1e-7, atol=1e-10)
+
+
+def test_supernet_slice_loads_into_the_dsnas_search240_entry(space):
+    """A supernet holding the official weights: the slice on dsnas_search240's path, loaded into that zoo entry,
+    gives the official dsnas_search240 logits (synthetic tensors depend on the key only)."""
+    fx = Fixture("dsnas", "dsnas_search240")
+    ref_keys = Fixture("dsnas", "supernet_reference").keys
+    sd = {official_key(k): torch.from_numpy(synth_tensor(k, s, d)) for k, s, d in ref_keys if k != "log_alpha"}
+    stats = np.load(fx.dir / "bn_stats.npz")
+    for k in stats.files:
+        sd[official_key(k)] = torch.from_numpy(stats[k])
+    net = space.supernet(1000)
+    net.load_state_dict(sd, strict=True)
+    arch = fx.facts["arch"]
+    child = timm.create_model("dsnas_search240").eval()
+    child.load_state_dict(space.child_state_dict(net.state_dict(), arch), strict=True)
+    with torch.no_grad():
+        out = child(synth_input(2, 224, 224, seed=0))
+        assert (out - fx.logits()).abs().max().item() <= fx.facts["atol"]
+        assert (net.eval()(synth_input(2, 224, 224, seed=0), arch) - out).abs().max().item() <= 1e-6
+
+
+def test_estimator_moves_alpha_towards_the_better_op():
+    """Sign check: one op keeps the signal, the other scales it to nearly zero; Adam on the DSNAS gradient raises
+    the good op's probability in every layer."""
+    torch.manual_seed(0)
+
+    class Scale(torch.nn.Module):
+        def __init__(self, s):
+            super().__init__()
+            self.s = s
+
+        def forward(self, x):
+            return x * self.s
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList(torch.nn.ModuleList([Scale(1.0), Scale(0.05)]) for _ in range(3))
+            self.head = torch.nn.Linear(4, 3)
+
+        def forward(self, x, path, gates=None):
+            for i, (layer, c) in enumerate(zip(self.layers, path)):
+                x = layer[c](x) * (gates[i, c] if gates is not None else 1.0)
+            return self.head(x)
+
+    net = Toy()
+    with torch.no_grad():
+        net.head.weight.copy_(torch.eye(3, 4) * 3)
+        net.head.bias.zero_()
+    alpha = ArchParameters(3, 2, loc_mean=0.0, loc_std=0.0)
+    opt = torch.optim.Adam(alpha.parameters(), lr=0.05, betas=(0.5, 0.999))
+    gen = torch.Generator().manual_seed(0)
+    from nas_zoo.search.dsnas_step import sample_gates
+    for _ in range(150):
+        x = torch.randn(16, 4)
+        y = x[:, :3].argmax(-1)
+        opt.zero_grad(set_to_none=True)
+        net.zero_grad(set_to_none=True)
+        dsnas_step(net, alpha.log_alpha, x, y, torch.nn.functional.cross_entropy, sample_gates(alpha.log_alpha, gen))
+        opt.step()
+    assert (alpha.probs()[:, 0] > 0.7).all(), alpha.probs()

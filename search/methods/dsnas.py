@@ -85,11 +85,21 @@ def _engine_section():
 SCHEMA["engine"] = _engine_section()
 
 
-def build_space(space_cfg: dict, image_size: int, bn_affine: bool = True, drop_rate: float = 0.0) -> ShuffleNetSpace:
+def build_space(space_cfg: dict, image_size: int, bn_affine: bool = True, drop_rate: float = 0.0,
+                num_classes: int = 1000) -> ShuffleNetSpace:
     return ShuffleNetSpace(stage_repeats=space_cfg["stage_repeats"], stage_out_channels=space_cfg["stage_out_channels"],
                            stem_size=space_cfg["stem_size"], num_features=space_cfg["num_features"],
                            bn_eps=space_cfg["bn_eps"], bn_affine=bn_affine, drop_rate=drop_rate,
-                           image_size=image_size)
+                           image_size=image_size, num_classes=num_classes)
+
+
+def expected_classes(data: dict) -> int:
+    """The class count a config's data section will give, for checks before any data is read (the classifier's
+    share of the cost); the run itself uses the dataset's count."""
+    data = data or {}
+    if isinstance(data.get("classes"), int):
+        return data["classes"]
+    return {"embedded": 10, "cifar10": 10, "cifar100": 100}.get(data.get("kind", "embedded"), 1000)
 
 
 def check_space(cfg: dict, source: str) -> None:
@@ -203,8 +213,8 @@ def run(job) -> Dict[str, Any]:
     data_cfg = DataConfig.from_dict(cfg["data"], where="data")
     train_ds, val_ds = build_dataset(data_cfg, "train"), build_dataset(data_cfg, "val")
     image_size = int(cfg["space"]["image_size"] or data_cfg.image_size or 224)
-    space = build_space(cfg["space"], image_size)
     num_classes = train_ds.num_classes
+    space = build_space(cfg["space"], image_size, num_classes=num_classes)
     if se["batch_size"] % ctx.world_size:
         raise ConfigError(job.source, "search.batch_size",
                           f"{se['batch_size']} is not divisible by the {ctx.world_size} processes")
@@ -345,7 +355,7 @@ def run(job) -> Dict[str, Any]:
         on_epoch_start(loop, stop)
     child = loop.modules["child"]
     final = records[-1] if records else {}
-    summary = (f"DSNAS {cfg['name']}: choices {chosen.arch}, {space.cost(chosen.arch, num_classes=num_classes) / 1e6:.3f} "
+    summary = (f"DSNAS {cfg['name']}: choices {chosen.arch}, {space.cost(chosen.arch) / 1e6:.3f} "
                f"MMACs at {image_size} px; fixed {len(early_fix.choices()) if early_fix else 0}/{space.num_layers} "
                f"layers; child top-1 {final.get('child_top1', float('nan')):.2f}")
     entry = write_entry(job, space, chosen.arch, state_dict=child.state_dict(), num_classes=num_classes,
@@ -357,7 +367,7 @@ def run(job) -> Dict[str, Any]:
         _figure(run_dir, history.records, space.num_layers)
     logger.close()
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": chosen.arch,
-            "macs": space.cost(chosen.arch, num_classes=num_classes) / 1e6, "summary": summary, **final}
+            "macs": space.cost(chosen.arch) / 1e6, "summary": summary, **final}
 
 
 def _figure(run_dir: Path, records: List[dict], num_layers: int) -> None:

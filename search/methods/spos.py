@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..config import ConfigError, Opt
 from ..evolution import EvolutionSearch, FlopsBinSampler, default_bins
-from .dsnas import SPACE_SECTION, _engine_section, build_space, check_space
+from .dsnas import SPACE_SECTION, _engine_section, build_space, check_space, expected_classes
 
 __all__ = ["SCHEMA", "check_config", "run", "METHOD"]
 
@@ -65,20 +65,41 @@ SCHEMA = {
 }
 
 
+_UNITS = {"macs": ("macs", 1.0), "mmacs": ("macs", 1e6), "gmacs": ("macs", 1e9), "m params": ("params", 1e6),
+          "params": ("params", 1.0)}
+
+
+class _Budget:
+    """'330 MMACs' -> metric 'macs', value 330e6 (raw units of the space's cost)."""
+
+    def __init__(self, metric: str, value: float):
+        self.metric, self.value = metric, value
+
+    @classmethod
+    def parse(cls, text: str) -> "_Budget":
+        number, _, unit = str(text).strip().partition(" ")
+        if unit.strip().lower() not in _UNITS:
+            raise ValueError(f"expected '<number> <unit>' with unit one of MMACs, GMACs, MACs, M params; got {text!r}")
+        metric, scale = _UNITS[unit.strip().lower()]
+        return cls(metric, float(number) * scale)
+
+
 def _budget(cfg: dict, source: str):
-    from ..cost import Budget
     try:
-        return Budget.parse(cfg["search"]["budget"])
-    except Exception as e:  # noqa: BLE001
+        budget = _Budget.parse(cfg["search"]["budget"])
+    except ValueError as e:
         raise ConfigError(source, "search.budget", str(e)) from None
+    if budget.value <= 0:
+        raise ConfigError(source, "search.budget", f"expected a positive budget, got {cfg['search']['budget']!r}")
+    return budget
 
 
-def make_space(cfg: dict, image_size: int):
+def make_space(cfg: dict, image_size: int, num_classes: int):
     kind = cfg["space"]["kind"]
     if kind == "shufflenet":
-        return build_space(cfg["space"], image_size, bn_affine=False)
+        return build_space(cfg["space"], image_size, bn_affine=False, num_classes=num_classes)
     from .. import spaces
-    return spaces.create_space(kind, image_size=image_size, **cfg["space"]["options"])
+    return spaces.create_space(kind, image_size=image_size, num_classes=num_classes, **cfg["space"]["options"])
 
 
 def _metric_and_limit(budget):
@@ -110,7 +131,7 @@ def check_config(cfg: dict, source: str) -> None:
                                                        "training data: set e.g. 0.1 (never the val split)")
     budget = _budget(cfg, source)
     size = cfg["space"]["image_size"] or (cfg["data"] or {}).get("image_size") or 224
-    space = make_space(cfg, int(size))
+    space = make_space(cfg, int(size), expected_classes(cfg["data"]))
     metric, limit = _metric_and_limit(budget)
     lo, hi = space.cost_range(metric)
     if limit < lo:
@@ -141,8 +162,8 @@ def run(job) -> Dict[str, Any]:
     data_cfg = DataConfig.from_dict(cfg["data"], where="data")
     train_ds, held_ds = build_dataset(data_cfg, "train"), build_dataset(data_cfg, "val")  # val = held-out part
     image_size = int(cfg["space"]["image_size"] or data_cfg.image_size or 224)
-    space = make_space(cfg, image_size)
     num_classes = train_ds.num_classes
+    space = make_space(cfg, image_size, num_classes)
     budget = _budget(cfg, job.source)
     metric, limit = _metric_and_limit(budget)
     if s["batch_size"] % ctx.world_size:

@@ -99,7 +99,8 @@ class ShuffleNetSpace:
     def __init__(self, stage_repeats: Sequence[int] = PAPER["stage_repeats"],
                  stage_out_channels: Sequence[int] = PAPER["stage_out_channels"], stem_size: int = 16,
                  num_features: int = 1024, bn_eps: float = 1e-2, bn_affine: bool = True, drop_rate: float = 0.0,
-                 image_size: int = 224):
+                 image_size: int = 224, num_classes: int = 1000):
+        self.num_classes = int(num_classes)  # the classifier's part of `cost`
         self.stage_repeats = tuple(int(r) for r in stage_repeats)
         self.stage_out_channels = tuple(int(c) for c in stage_out_channels)
         self.stem_size = int(stem_size)
@@ -202,11 +203,12 @@ class ShuffleNetSpace:
         return self._tables[key]
 
     def cost(self, arch: Sequence[int], metric: str = "macs", image_size: Optional[int] = None,
-             num_classes: int = 1000) -> float:
-        """Exact MACs (conv + linear) or params of the child, classifier of `num_classes` included."""
+             num_classes: Optional[int] = None) -> float:
+        """Exact MACs (conv + linear) or params of the child, its classifier (space.num_classes) included."""
         self.check_arch(arch)
         table, fixed = self.cost_table(metric, image_size)
-        return float(fixed + table[np.arange(self.num_layers), list(arch)].sum() + self.num_features * num_classes)
+        classes = self.num_classes if num_classes is None else num_classes
+        return float(fixed + table[np.arange(self.num_layers), list(arch)].sum() + self.num_features * classes)
 
     def block_cost(self, arch: Sequence[int], metric: str = "macs", image_size: Optional[int] = None) -> float:
         """The choice blocks' part of `cost` (what the official FLOPs loss and its 290M gate look at)."""
@@ -214,7 +216,7 @@ class ShuffleNetSpace:
         return float(table[np.arange(self.num_layers), list(arch)].sum())
 
     def cost_range(self, metric: str = "macs", image_size: Optional[int] = None,
-                   num_classes: int = 1000) -> Tuple[float, float]:
+                   num_classes: Optional[int] = None) -> Tuple[float, float]:
         table, fixed = self.cost_table(metric, image_size)
-        base = fixed + self.num_features * num_classes
+        base = fixed + self.num_features * (self.num_classes if num_classes is None else num_classes)
         return float(base + table.min(1).sum()), float(base + table.max(1).sum())
