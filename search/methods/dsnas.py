@@ -22,7 +22,9 @@ import torch.nn as nn
 
 from ..config import ConfigError, Opt
 from ..dsnas_step import ArchParameters, EarlyFix, average_gradients, dsnas_step, flops_table_mmacs, sample_gates
-from ..spaces.shufflenet import ShuffleNetSpace, SpaceError
+from ..spaces.shufflenet import ShuffleNetSpace
+from ..train import ENGINE_SECTION
+from . import Method
 
 __all__ = ["SCHEMA", "check_config", "run", "METHOD", "build_space"]
 
@@ -70,19 +72,8 @@ SCHEMA = {
         "reset_bn_stats": Opt(bool, False, help="reset BN running stats at the switch (--reset_bn_stat)"),
         "drop_rate": Opt(float, 0.0, help="dropout before the classifier of the child (README: none)"),
     },
-    "engine": None,  # filled from the framework's ENGINE_SECTION below
+    "engine": ENGINE_SECTION,
 }
-
-
-def _engine_section():
-    try:
-        from ..engine import ENGINE_SECTION  # the framework's
-    except ImportError:
-        from ..train import ENGINE_SECTION
-    return ENGINE_SECTION
-
-
-SCHEMA["engine"] = _engine_section()
 
 
 def build_space(space_cfg: dict, image_size: int, bn_affine: bool = True, drop_rate: float = 0.0,
@@ -201,8 +192,8 @@ def run(job) -> Dict[str, Any]:
     from timm.scheduler import CosineLRScheduler
 
     from ..data import DataConfig, build_dataset, create_loader
-    from ..engine import Loop, Phase, RunLogger, save_checkpoint, seed_everything
-    from ..evaluate import evaluate, top1
+    from ..engine import Loop, Phase, save_checkpoint, seed_everything
+    from ..evaluate import evaluate
     from ..export import write_entry
     from nas_zoo.families.shufflenet_spos import ShuffleNetSPOS, model_kwargs
 
@@ -242,7 +233,7 @@ def run(job) -> Dict[str, Any]:
     early_fix = EarlyFix(se["early_fix_threshold"]) if se["early_fix"] else None
     gate_rng = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # each rank samples its own path
     history, chosen = _History(), _Chosen()
-    logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
+    logger = job.logger
     stop = se["stop_epoch"]
     total_epochs = stop + ch["epochs"]
     params = list(supernet.parameters())
@@ -292,6 +283,7 @@ def run(job) -> Dict[str, Any]:
         loop_.modules["child"] = child
         loop_.optimizers["child"] = opt
         loop_.schedulers["child"] = sched
+        loop_.sched_interval["child"] = "step"
 
     def child_step(batch):
         images, target = (t.to(dev) for t in batch)
@@ -338,7 +330,7 @@ def run(job) -> Dict[str, Any]:
         child.train()
         return {f"child_{k}": v for k, v in metrics.items()}
 
-    loop = Loop(ctx=ctx, ckpt_path=job.ckpt("search.pt"), epochs=total_epochs,
+    loop = Loop(ctx=ctx, ckpt_path=job.ckpt("search"), epochs=total_epochs,
                 modules={"supernet": supernet, "alpha": alpha},
                 optimizers={"weights": weights_opt, "arch": arch_opt},
                 schedulers={"weights": weights_sched},
@@ -358,14 +350,14 @@ def run(job) -> Dict[str, Any]:
     summary = (f"DSNAS {cfg['name']}: choices {chosen.arch}, {space.cost(chosen.arch) / 1e6:.3f} "
                f"MMACs at {image_size} px; fixed {len(early_fix.choices()) if early_fix else 0}/{space.num_layers} "
                f"layers; child top-1 {final.get('child_top1', float('nan')):.2f}")
-    entry = write_entry(job, space, chosen.arch, state_dict=child.state_dict(), num_classes=num_classes,
+    # the child's keys pass child_state_dict unchanged (it slices only supernet `layers.*` keys)
+    entry = write_entry(job, space, chosen.arch, supernet_state=child.state_dict(),
                         provenance={"method": "dsnas", "supernet": "supernet.pt", "stop_epoch": stop,
                                     "child_epochs": ch["epochs"], "retrain": ch["retrain"],
                                     "fixed_layers": early_fix.choices() if early_fix else {}})
     if ctx.is_main:
         (run_dir / "alpha_history.json").write_text(json.dumps(history.records))
         _figure(run_dir, history.records, space.num_layers)
-    logger.close()
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": chosen.arch,
             "macs": space.cost(chosen.arch) / 1e6, "summary": summary, **final}
 
@@ -380,13 +372,9 @@ def _figure(run_dir: Path, records: List[dict], num_layers: int) -> None:
         warnings.warn(f"alpha figure not drawn: {type(e).__name__}: {e}")
 
 
-def _make_method():
-    try:
-        from . import Method
-    except ImportError:  # the framework's Method contract is not there
-        return None
-    return Method(name="dsnas", help="DSNAS: search and train the child in one run (ShuffleNetV2 space)",
-                  schema=SCHEMA, check=check_config, run=run, commands={})
+def top1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (logits.detach().argmax(-1) == target).float().mean() * 100
 
 
-METHOD = _make_method()
+METHOD = Method(name="dsnas", help="DSNAS: search and train the chosen child in one run (ShuffleNetV2 space)",
+                schema=SCHEMA, check=check_config, run=run)

@@ -26,7 +26,9 @@ import torch.nn as nn
 
 from ..config import ConfigError, Opt
 from ..evolution import EvolutionSearch, FlopsBinSampler, default_bins
-from .dsnas import SPACE_SECTION, _engine_section, build_space, check_space, expected_classes
+from ..train import ENGINE_SECTION
+from . import Method
+from .dsnas import SPACE_SECTION, build_space, check_space, expected_classes
 
 __all__ = ["SCHEMA", "check_config", "run", "METHOD"]
 
@@ -61,36 +63,16 @@ SCHEMA = {
         "score_batches": Opt(int, 40, help="held-out batches per candidate"),
         "score_batch_size": Opt(int, 200),
     },
-    "engine": _engine_section(),
+    "engine": ENGINE_SECTION,
 }
 
 
-_UNITS = {"macs": ("macs", 1.0), "mmacs": ("macs", 1e6), "gmacs": ("macs", 1e9), "m params": ("params", 1e6),
-          "params": ("params", 1.0)}
-
-
-class _Budget:
-    """'330 MMACs' -> metric 'macs', value 330e6 (raw units of the space's cost)."""
-
-    def __init__(self, metric: str, value: float):
-        self.metric, self.value = metric, value
-
-    @classmethod
-    def parse(cls, text: str) -> "_Budget":
-        number, _, unit = str(text).strip().partition(" ")
-        if unit.strip().lower() not in _UNITS:
-            raise ValueError(f"expected '<number> <unit>' with unit one of MMACs, GMACs, MACs, M params; got {text!r}")
-        metric, scale = _UNITS[unit.strip().lower()]
-        return cls(metric, float(number) * scale)
-
-
 def _budget(cfg: dict, source: str):
-    try:
-        budget = _Budget.parse(cfg["search"]["budget"])
-    except ValueError as e:
-        raise ConfigError(source, "search.budget", str(e)) from None
-    if budget.value <= 0:
-        raise ConfigError(source, "search.budget", f"expected a positive budget, got {cfg['search']['budget']!r}")
+    from ..cost import Budget
+    budget = Budget.parse(cfg["search"]["budget"], source, "search.budget")
+    if budget.metric not in ("macs", "params"):
+        raise ConfigError(source, "search.budget", f"SPOS prices paths from MAC / parameter tables; got a "
+                                                   f"{budget.metric} budget ({budget})")
     return budget
 
 
@@ -98,8 +80,9 @@ def make_space(cfg: dict, image_size: int, num_classes: int):
     kind = cfg["space"]["kind"]
     if kind == "shufflenet":
         return build_space(cfg["space"], image_size, bn_affine=False, num_classes=num_classes)
-    from .. import spaces
-    return spaces.create_space(kind, image_size=image_size, num_classes=num_classes, **cfg["space"]["options"])
+    from ..spaces import build_space as build_registered
+    return build_registered(kind, source="<config>", key="space.kind", image_size=image_size,
+                            **cfg["space"]["options"])
 
 
 def _metric_and_limit(budget):
@@ -131,9 +114,10 @@ def check_config(cfg: dict, source: str) -> None:
                                                        "training data: set e.g. 0.1 (never the val split)")
     budget = _budget(cfg, source)
     size = cfg["space"]["image_size"] or (cfg["data"] or {}).get("image_size") or 224
-    space = make_space(cfg, int(size), expected_classes(cfg["data"]))
+    classes = expected_classes(cfg["data"])
+    space = make_space(cfg, int(size), classes)
     metric, limit = _metric_and_limit(budget)
-    lo, hi = space.cost_range(metric)
+    lo, hi = space.cost_range(metric, num_classes=classes)
     if limit < lo:
         raise ConfigError(source, "search.budget", f"{cfg['search']['budget']} is below the cheapest path of the "
                                                    f"space ({lo / 1e6:.3f} M at {size} px)")
@@ -151,7 +135,7 @@ def run(job) -> Dict[str, Any]:
     from timm.optim import create_optimizer_v2
 
     from ..data import DataConfig, build_dataset, create_loader
-    from ..engine import Loop, Phase, RunLogger, load_checkpoint, save_checkpoint, seed_everything
+    from ..engine import Loop, Phase, load_checkpoint, save_checkpoint, seed_everything
     from ..evaluate import evaluate, recalibrate_bn
     from ..export import write_entry
 
@@ -173,10 +157,10 @@ def run(job) -> Dict[str, Any]:
     dev = ctx.device
 
     def cost(arch):
-        return space.cost(arch, metric)
+        return space.cost(arch, metric, num_classes=num_classes)
 
     bins = ([(lo * 1e6, hi * 1e6) for lo, hi in s["bins"]] if s["bins"] is not None
-            else default_bins(space.cost_range(metric), limit))
+            else default_bins(space.cost_range(metric, num_classes=num_classes), limit))
     sampler = FlopsBinSampler(space, bins, cost)
 
     def loader(epoch):
@@ -193,14 +177,14 @@ def run(job) -> Dict[str, Any]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: max(0.0, 1.0 - step / total_steps))  # linear
     criterion = LabelSmoothingCrossEntropy(s["label_smoothing"]) if s["label_smoothing"] else nn.CrossEntropyLoss()
     path_rng = np.random.RandomState(seed)  # the same path on every rank
-    logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
+    logger = job.logger
 
     def train_step(batch):
         images, target = (t.to(dev) for t in batch)
         arch = sampler(path_rng)
         return criterion(supernet(images, arch), target)
 
-    loop = Loop(ctx=ctx, ckpt_path=job.ckpt("supernet.pt"), epochs=epochs, modules={"supernet": supernet},
+    loop = Loop(ctx=ctx, ckpt_path=job.ckpt("supernet"), epochs=epochs, modules={"supernet": supernet},
                 optimizers={"weights": opt}, schedulers={"weights": sched}, sched_interval={"weights": "step"},
                 phases=[Phase("supernet", loader=loader, step=train_step, optimizer="weights")],
                 rngs={"path": path_rng}, ckpt_every=cfg["engine"]["ckpt_every"], logger=logger, desc="spos")
@@ -231,7 +215,7 @@ def run(job) -> Dict[str, Any]:
     search = EvolutionSearch(space, cost, limit, population=e["population"], select=e["select"],
                              mutations=e["mutations"], crossovers=e["crossovers"], prob=e["mutation_prob"],
                              generations=e["generations"], seed=seed)
-    ea_ckpt = job.ckpt("evolution.pt")
+    ea_ckpt = job.ckpt("evolution")
     if ea_ckpt.exists():
         search.load_state_dict(load_checkpoint(ea_ckpt))
 
@@ -253,20 +237,11 @@ def run(job) -> Dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             import warnings
             warnings.warn(f"population figure not drawn: {type(err).__name__}: {err}")
-    logger.close()
     summary = (f"SPOS {cfg['name']}: {best}, {cost(best) / 1e6:.3f} M {metric} (budget {cfg['search']['budget']}), "
                f"held-out top-1 {best_score:.2f} after BN recalibration")
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": best, "score": best_score,
             "summary": summary}
 
 
-def _make_method():
-    try:
-        from . import Method
-    except ImportError:
-        return None
-    return Method(name="spos", help="SPOS: uniform single-path supernet, then evolutionary search", schema=SCHEMA,
-                  check=check_config, run=run, commands={})
-
-
-METHOD = _make_method()
+METHOD = Method(name="spos", help="SPOS: uniform single-path supernet, then evolutionary search", schema=SCHEMA,
+                check=check_config, run=run)

@@ -23,14 +23,12 @@ from timm.layers import ConvNormAct, SelectAdaptivePool2d
 from nas_zoo.cost import count_macs, count_params
 from nas_zoo.families.shufflenet_spos import OPS, ShuffleChoiceBlock, init_weights, layer_specs, official_unit_key
 
+from . import Space, SpaceError, register_space
+
 __all__ = ["ShuffleNetSupernet", "ShuffleNetSpace", "SpaceError", "official_key"]
 
 NUM_OPS = len(OPS)
 PAPER = dict(stage_repeats=(4, 4, 8, 4), stage_out_channels=(64, 160, 320, 640), stem_size=16, num_features=1024)
-
-
-class SpaceError(ValueError):
-    """An architecture that is not a path of the space; the message names the field."""
 
 
 class ShuffleNetSupernet(nn.Module):
@@ -90,7 +88,7 @@ def official_key(key: str) -> Optional[str]:
     raise KeyError(f"not a key of the official ShuffleNetV2_OneShot supernet: {key!r}")
 
 
-class ShuffleNetSpace:
+class ShuffleNetSpace(Space):
     """The space as data: macro structure, BN settings, and its exact cost tables (built from the blocks)."""
 
     name = "shufflenet"
@@ -148,14 +146,15 @@ class ShuffleNetSpace:
         return out
 
     # ---------------------------------------------------------------------------------- paths
-    def check_arch(self, arch) -> None:
+    def check_arch(self, arch, source: str = "arch") -> None:
         if not isinstance(arch, (list, tuple)):
-            raise SpaceError(f"arch: expected a list of {self.num_layers} op indices, got {type(arch).__name__}")
+            raise SpaceError(source, "", f"expected a list of {self.num_layers} op indices, got {type(arch).__name__}")
         if len(arch) != self.num_layers:
-            raise SpaceError(f"arch: expected {self.num_layers} op indices (one per layer), got {len(arch)}")
+            raise SpaceError(source, "", f"expected {self.num_layers} op indices (one per layer), got {len(arch)}")
         for i, c in enumerate(arch):
             if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < NUM_OPS:
-                raise SpaceError(f"arch[{i}]: expected an op index in 0..{NUM_OPS - 1}, got {c!r}")
+                raise SpaceError(source, f"[{i}]", f"expected an op index in 0..{NUM_OPS - 1} "
+                                                   f"({', '.join(f'{k}={n}' for k, n in enumerate(OPS))}), got {c!r}")
 
     def sample(self, rng: np.random.RandomState) -> List[int]:
         return [int(c) for c in rng.randint(NUM_OPS, size=self.num_layers)]
@@ -220,3 +219,6 @@ class ShuffleNetSpace:
         table, fixed = self.cost_table(metric, image_size)
         base = fixed + self.num_features * (self.num_classes if num_classes is None else num_classes)
         return float(base + table.min(1).sum()), float(base + table.max(1).sum())
+
+
+register_space("shufflenet", ShuffleNetSpace)
