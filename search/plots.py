@@ -153,8 +153,15 @@ def plot_run(run_dir: PathLike) -> Path:
         return plot_dna_search(run_dir)
     if (run_dir / "metrics.json").exists():
         return plot_training(run_dir)
-    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/) nor a finished "
-                            "training run (metrics.json)")
+    if (run_dir / "alpha_history.json").exists():  # DSNAS
+        records = json.loads((run_dir / "alpha_history.json").read_text())
+        return plot_alpha_history(records, len(records[0]["probs"]) if records else 0, run_dir / "alpha.png")
+    if (run_dir / "population.json").exists():  # SPOS
+        meta = json.loads((run_dir / "population.json").read_text())
+        return plot_population(meta["history"], run_dir / "population.png", budget=meta.get("budget"),
+                               unit=meta.get("unit", "MMACs"), chosen=meta.get("chosen"))
+    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/, alpha_history.json or "
+                            "population.json) nor a finished training run (metrics.json)")
 
 
 OP_NAMES = ("3x3", "5x5", "7x7", "xception")

@@ -195,6 +195,7 @@ def run(job) -> Dict[str, Any]:
     from ..engine import Loop, Phase, save_checkpoint, seed_everything
     from ..evaluate import evaluate
     from ..export import write_entry
+    from nas_zoo.io import atomic_write_text
     from nas_zoo.families.shufflenet_spos import ShuffleNetSPOS, model_kwargs
 
     cfg, ctx, run_dir = job.cfg, job.ctx, Path(job.run_dir)
@@ -356,7 +357,7 @@ def run(job) -> Dict[str, Any]:
                                     "child_epochs": ch["epochs"], "retrain": ch["retrain"],
                                     "fixed_layers": early_fix.choices() if early_fix else {}})
     if ctx.is_main:
-        (run_dir / "alpha_history.json").write_text(json.dumps(history.records))
+        atomic_write_text(run_dir / "alpha_history.json", json.dumps(history.records))
         _figure(run_dir, history.records, space.num_layers)
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": chosen.arch,
             "macs": space.cost(chosen.arch) / 1e6, "summary": summary, **final}

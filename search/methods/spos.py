@@ -138,6 +138,7 @@ def run(job) -> Dict[str, Any]:
     from ..engine import Loop, Phase, load_checkpoint, save_checkpoint, seed_everything
     from ..evaluate import evaluate, recalibrate_bn
     from ..export import write_entry
+    from nas_zoo.io import atomic_write_text
 
     cfg, ctx, run_dir = job.cfg, job.ctx, Path(job.run_dir)
     s, e = cfg["supernet"], cfg["search"]
@@ -229,11 +230,16 @@ def run(job) -> Dict[str, Any]:
                         provenance={"method": "spos", "score": best_score, "budget": cfg["search"]["budget"],
                                     "generations": e["generations"]})
     if ctx.is_main:
-        (run_dir / "population.json").write_text(json.dumps(search.history))
+        unit = {"macs": ("MMACs", 1e6), "params": ("M params", 1e6)}[metric]
+        history = [{**g, "candidates": [{**c, "cost": c["cost"] / unit[1]} for c in g["candidates"]]}
+                   for g in search.history]
+        meta = {"history": history, "budget": limit / unit[1], "unit": unit[0],
+                "chosen": {"arch": best, "cost": cost(best) / unit[1], "score": best_score}}
+        atomic_write_text(run_dir / "population.json", json.dumps(meta))
         try:
             from ..plots import plot_population
-            plot_population(search.history, run_dir / "population.png", budget=limit,
-                            unit=metric, chosen={"cost": cost(best), "score": best_score})
+            plot_population(history, run_dir / "population.png", budget=meta["budget"], unit=unit[0],
+                            chosen=meta["chosen"])
         except Exception as err:  # noqa: BLE001
             import warnings
             warnings.warn(f"population figure not drawn: {type(err).__name__}: {err}")
