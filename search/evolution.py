@@ -35,12 +35,26 @@ def default_bins(cost_range: Tuple[float, float], budget: Optional[float], count
 
 
 class FlopsBinSampler:
-    """Draw a cost bin uniformly, then rejection-sample uniform paths until one falls inside it."""
+    """Draw a cost bin uniformly, then rejection-sample uniform paths until one falls inside it.
 
-    def __init__(self, space, bins: Sequence[Tuple[float, float]], cost: Callable, max_tries: int = 100000):
+    Bins that `probe` uniform paths (a fixed RNG) never reach are dropped first: a small space (or one whose
+    paths' costs cluster) may hold no path in some bins, where rejection sampling would never end."""
+
+    def __init__(self, space, bins: Sequence[Tuple[float, float]], cost: Callable, max_tries: int = 100000,
+                 probe: int = 5000):
         if not bins:
             raise ValueError("FlopsBinSampler: expected at least one bin")
-        self.space, self.bins, self.cost, self.max_tries = space, [tuple(b) for b in bins], cost, max_tries
+        self.space, self.cost, self.max_tries = space, cost, max_tries
+        bins = [tuple(b) for b in bins]
+        if probe:
+            rng = np.random.RandomState(0)
+            costs = np.array([cost(space.sample(rng)) for _ in range(probe)])
+            reached = [b for b in bins if ((costs >= b[0]) & (costs <= b[1])).any()]
+            if not reached:
+                raise ValueError(f"no cost bin holds a path of the space: bins {bins[0][0]:.4g}-{bins[-1][1]:.4g}, "
+                                 f"{probe} sampled paths cost {costs.min():.4g}-{costs.max():.4g}")
+            bins = reached
+        self.bins = bins
 
     def __call__(self, rng: np.random.RandomState):
         lo, hi = self.bins[rng.randint(len(self.bins))]

@@ -40,9 +40,13 @@ def test_flops_bin_sampler_draws_inside_bins_and_covers_them(space):
     assert seen == set(range(len(bins)))  # uniform over bins, not over paths (which pile up mid-range)
 
 
-def test_impossible_bin_is_a_clear_error(space):
-    with pytest.raises(RuntimeError, match="cost bin"):
-        FlopsBinSampler(space, [(1.0, 2.0)], mmacs(space), max_tries=50)(np.random.RandomState(0))
+def test_bins_without_paths_are_dropped_and_none_left_is_a_clear_error(space):
+    sampler = FlopsBinSampler(space, [(1.0, 2.0), (300.0, 320.0)], mmacs(space), probe=500)
+    assert sampler.bins == [(300.0, 320.0)]
+    with pytest.raises(ValueError, match="no cost bin holds a path"):
+        FlopsBinSampler(space, [(1.0, 2.0)], mmacs(space), probe=200)
+    with pytest.raises(RuntimeError, match="cost bin"):  # a bin the probe reached but the draws do not
+        FlopsBinSampler(space, [(1.0, 2.0)], mmacs(space), max_tries=50, probe=0)(np.random.RandomState(0))
 
 
 def toy_score(arch):
