@@ -156,12 +156,15 @@ class ShuffleNetSPOS(nn.Module):
             in_chans: int = 3,
             global_pool: str = "avg",
             drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
             norm_layer=nn.BatchNorm2d,
             act_layer=nn.ReLU,
             device=None,
             dtype=None,
     ):
         super().__init__()
+        if drop_path_rate:  # accepted so that generic train recipes (drop_path_rate: 0) build it
+            raise ValueError(f"drop_path_rate={drop_path_rate}: ShuffleNetV2 blocks have no residual path to drop")
         if len(ops) != sum(stage_repeats):
             raise ValueError(f"expected {sum(stage_repeats)} ops (sum of stage_repeats), got {len(ops)}")
         self.num_classes = num_classes
