@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/train-<model>); an existing one is resumed")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
+    p = sub.add_parser("cream", help="Cream: prioritized paths and meta-matching distillation (docs/cream.md)",
+                       description="Run Cream end to end: depth from the FLOPs interval, supernet training with the "
+                                   "prioritized board, held-out selection, export of RUN_DIR/entry.yaml.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/search/cream_*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+
     p = sub.add_parser("resume", help="continue a run from its last checkpoints",
                        description="Continue the run in RUN_DIR with its recorded command and resolved config.")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -130,6 +137,25 @@ def run_dna_command(config, out: Optional[str], overrides: List[str]) -> dict:
     return result
 
 
+def run_cream_command(config, out: Optional[str], overrides: List[str]) -> dict:
+    from .config import load_config
+    from .data import DataConfig
+    from .engine import setup_distributed
+    from .methods import cream
+
+    cfg, source = load_config(config, cream.SCHEMA, overrides)
+    DataConfig.from_dict(cfg["data"], where="data")
+    cream.check_config(cfg, source)
+    ctx = setup_distributed(cfg["engine"]["device"])
+    _threads(cfg)
+    run_dir = Path(out or Path("runs") / cfg["name"])
+    _write_once(run_dir, cfg, {"command": "cream"}, ctx)
+    result = cream.run_cream(cfg, run_dir, ctx, source=source)
+    if ctx.is_main:
+        print(result["summary"] + f"\n  entry: {result['entry']}")
+    return result
+
+
 def run_train_command(model: str, config, out: Optional[str], overrides: List[str]) -> dict:
     from .config import load_config
     from .data import DataConfig
@@ -162,6 +188,8 @@ def resume(run_dir: str) -> dict:
     resolved = run_dir / "resolved.yaml"
     if record.get("command") == "dna":
         return run_dna_command(resolved, str(run_dir), [])
+    if record.get("command") == "cream":
+        return run_cream_command(resolved, str(run_dir), [])
     if record.get("command") == "train":
         return run_train_command(record["model"], resolved, str(run_dir), [])
     raise ConfigError(str(run_dir / "run.json"), "command", f"unknown command {record.get('command')!r}")
@@ -194,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "dna":
             run_dna_command(args.config, args.out, args.overrides)
+        elif args.command == "cream":
+            run_cream_command(args.config, args.out, args.overrides)
         elif args.command == "train":
             run_train_command(args.model, args.config, args.out, args.overrides)
         elif args.command == "plot":

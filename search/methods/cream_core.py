@@ -22,7 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["Options", "BoardEntry", "PrioritizedBoard", "select_teacher", "soft_target_ce", "cream_loss",
-           "param_groups", "linear_decay", "sgd_step_", "clip_grads_", "meta_update", "train_step", "op_prob"]
+           "param_groups", "linear_decay", "sgd_step_", "clip_grads_", "meta_update", "forward_step", "update_board",
+           "train_step", "op_prob", "accuracy_top1"]
 
 
 @dataclass
@@ -220,7 +221,8 @@ def sgd_step_(optimizer: torch.optim.SGD, params: Sequence[torch.Tensor], grads:
 
 
 def meta_update(supernet, meta: nn.Module, optimizer: torch.optim.SGD, board: PrioritizedBoard,
-                images: torch.Tensor, target: torch.Tensor, arch, ce_fn, opts: Options) -> Dict[str, object]:
+                images: torch.Tensor, target: torch.Tensor, arch, ce_fn, opts: Options,
+                reduce_grads: Optional[Callable[[List[torch.Tensor]], None]] = None) -> Dict[str, object]:
     """MetaMatchingNetwork.run_update: KD (x meta_value) on images[:SLICE] with create_graph, a simulated step
     w' = w - lr*g, the real (clipped) student step, validation CE on images[SLICE:2*SLICE] after it, and the
     meta-matching network's step along d(val)/d(w') . dw'/d(meta) (clipped)."""
@@ -241,6 +243,8 @@ def meta_update(supernet, meta: nn.Module, optimizer: torch.optim.SGD, board: Pr
         lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}[id(params[0])]
     simulated = [p - lr * g for p, g in zip(params, grad1)]
     student_grads = [g.detach().clone() for g in grad1]
+    if reduce_grads is not None:  # DDP: the average over ranks, in place
+        reduce_grads(student_grads)
     clip_grads_(student_grads, opts.meta_clip)
     sgd_step_(optimizer, params, student_grads)
     val_loss = ce_fn(supernet(images[s:2 * s], arch), target[s:2 * s])
@@ -252,6 +256,8 @@ def meta_update(supernet, meta: nn.Module, optimizer: torch.optim.SGD, board: Pr
         grad_teacher = torch.autograd.grad(simulated, meta_params, grad_outputs=grad_val, allow_unused=True)
         grad_teacher = [torch.zeros_like(p) if g is None else g for p, g in zip(meta_params, grad_teacher)]
     grad_teacher = [g.detach().clone() for g in grad_teacher]
+    if reduce_grads is not None:
+        reduce_grads(grad_teacher)
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grad_teacher]))
     clip_grads_(grad_teacher, opts.meta_clip)
     sgd_step_(optimizer, meta_params, grad_teacher)
@@ -264,44 +270,56 @@ def accuracy_top1(output: torch.Tensor, target: torch.Tensor) -> float:
     return float((output.argmax(1) == target).float().mean() * 100.0)
 
 
-def train_step(supernet, meta: nn.Module, optimizer: torch.optim.SGD, board: PrioritizedBoard,
-               images: torch.Tensor, target: torch.Tensor, arch, cost: float, epoch: int, ce_fn,
-               opts: Options, backward: Optional[Callable] = None, step: Optional[Callable] = None,
-               reduce_prec1: Optional[Callable[[float], float]] = None) -> Dict[str, object]:
-    """One iteration of train_epoch after sampling (the meta update is the caller's, before this): teacher
-    selection, the loss, one optimizer step over every parameter with a gradient, the board update.
-
-    backward/step default to loss.backward() / optimizer.step(); the search loop passes its own (AMP, clipping,
-    DDP gradient averaging). reduce_prec1 averages prec1 across ranks so every rank updates the same board.
-    """
-    record: Dict[str, object] = {}
+def forward_step(supernet, meta: nn.Module, board: PrioritizedBoard, images: torch.Tensor, target: torch.Tensor,
+                 arch, epoch: int, ce_fn, opts: Options) -> Dict[str, object]:
+    """train_epoch's forward for one sampled path: teacher selection (whenever the board holds entries), the
+    path's logits, and plain CE up to meta_start_epoch (or on an empty board), else (m*KD + (2-m)*CE)/2."""
+    record: Dict[str, object] = {"teacher_output": None, "teacher_arch": None}
     use_kd = len(board) > 0 and epoch > opts.meta_start_epoch
-    meta_value, teacher_output, teacher_arch = None, None, None
+    meta_value = None
     if len(board) > 0:
         meta_value, idx, meta_outputs, board_logits = select_teacher(lambda inp: supernet(inp, arch), meta, board,
                                                                      opts.meta_value_from)
-        teacher_arch = board.entries[idx].arch
-        record.update(teacher_idx=idx, meta_outputs=meta_outputs, board_logits=board_logits,
-                      meta_value=meta_value)
+        record.update(teacher_idx=idx, meta_outputs=meta_outputs, board_logits=board_logits, meta_value=meta_value,
+                      teacher_arch=board.entries[idx].arch)
     output = supernet(images, arch)
     if use_kd:
         with torch.no_grad():
-            teacher_output = supernet(images, teacher_arch).detach()
-    losses = cream_loss(output, target, teacher_output, meta_value if use_kd else None, ce_fn)
-    optimizer.zero_grad(set_to_none=True)
-    (backward or (lambda loss: loss.backward()))(losses["loss"])
-    record["grads"] = {id(p): p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]
-                       if p.grad is not None}
-    (step or optimizer.step)()
-    prec1 = accuracy_top1(output.detach(), target)
+            record["teacher_output"] = supernet(images, record["teacher_arch"]).detach()
+    record.update(cream_loss(output, target, record["teacher_output"], meta_value if use_kd else None, ce_fn))
+    record["output"] = output
+    return record
+
+
+def update_board(board: PrioritizedBoard, record: Dict[str, object], images: torch.Tensor, target: torch.Tensor,
+                 arch, cost: float, epoch: int, opts: Options,
+                 reduce_prec1: Optional[Callable[[float], float]] = None) -> bool:
+    """update_prioritized_board with this batch's prec1 (averaged over ranks by `reduce_prec1`): the entry keeps
+    images[:SLICE] and softmax of the path's own logits (board_soft_label='own') or, on a non-empty board, the
+    teacher's (official)."""
+    output = record["output"].detach()
+    prec1 = accuracy_top1(output, target)
     if reduce_prec1 is not None:
         prec1 = reduce_prec1(prec1)
+    record["prec1"] = prec1
     s = opts.slice
-    if len(board) == 0 or teacher_output is None or opts.board_soft_label == "own":
-        soft_logits = output[:s]
-    else:
-        soft_logits = teacher_output[:s]
-    record["inserted"] = board.update(epoch, prec1, cost, arch, images[:s], soft_logits)
-    record.update(output=output.detach(), teacher_output=teacher_output, prec1=prec1,
-                  teacher_arch=teacher_arch, **{k: v.detach() for k, v in losses.items()})
+    teacher = record["teacher_output"]
+    soft = output[:s] if (len(board) == 0 or teacher is None or opts.board_soft_label == "own") else teacher[:s]
+    record["inserted"] = board.update(epoch, prec1, cost, arch, images[:s], soft)
+    return record["inserted"]
+
+
+def train_step(supernet, meta: nn.Module, optimizer: torch.optim.SGD, board: PrioritizedBoard,
+               images: torch.Tensor, target: torch.Tensor, arch, cost: float, epoch: int, ce_fn,
+               opts: Options) -> Dict[str, object]:
+    """One iteration of train_epoch after sampling (and after the meta update, when due): forward_step, one
+    optimizer step over every parameter with a gradient, the board update. Returns the record with the
+    gradients (by parameter id) as the step saw them."""
+    record = forward_step(supernet, meta, board, images, target, arch, epoch, ce_fn, opts)
+    optimizer.zero_grad(set_to_none=True)
+    record["loss"].backward()
+    record["grads"] = {id(p): p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]
+                       if p.grad is not None}
+    optimizer.step()
+    update_board(board, record, images, target, arch, cost, epoch, opts)
     return record

@@ -28,7 +28,7 @@ from nas_zoo.families.efficientnet import model_kwargs
 
 __all__ = ["CHOICES", "TEMPLATE", "WIDTHS", "STRIDES", "FAMILY_ARCH", "CreamSupernet", "search_for_layer",
            "layer_counts", "choice_block_string", "entry_block_args", "sample_path", "path_cost",
-           "official_flops_table", "measure_flops_table", "SpaceError"]
+           "official_flops_table", "measure_flops_table", "SpaceError", "cost_range"]
 
 # choices_list (tools/train.py): [[3,4],[3,6],[5,4],[5,6],[7,4],[7,6]] as (kernel, expansion)
 CHOICES: Tuple[Tuple[int, int], ...] = ((3, 4), (3, 6), (5, 4), (5, 6), (7, 4), (7, 6))
@@ -87,24 +87,26 @@ def layer_counts(strings_per_stage: Sequence[int]) -> List[int]:
 
 
 def search_for_layer(flops_op_dict: Sequence[Sequence[Sequence[float]]], flops_minimum: float,
-                     flops_maximum: float) -> Tuple[Optional[List[int]], Optional[List[List[str]]], Optional[int]]:
+                     flops_maximum: float, image_size: int = 224
+                     ) -> Tuple[Optional[List[int]], Optional[List[List[str]]], Optional[int]]:
     """Template strings per stage and the resolution for a FLOPs interval, as the official
     `search_for_layer`: start from one layer per stage, add layers greedily in ORDER up to LIMITS while the
     running total, each layer priced at its most expensive op, stays <= flops_maximum. Below the smallest
-    space the interval is rescaled by 7/size_factor per step (resolution 32*size_factor).
+    space the interval is rescaled by 7/size_factor per step (resolution 32*size_factor). `image_size` is the
+    resolution the table was measured at (official: 224, size factor 7).
 
     flops_op_dict[stage][choice] = (cost as first layer, cost as a later layer), searched stages 0..4.
     Returns (sta_num, truncated arch_def, resolution) or (None, None, None) when infeasible.
     """
     sta_num = [1, 1, 1, 1, 1]
-    size_factor = 224 // 32
+    size_factor = base_factor = image_size // 32
     base_min = sum(flops_op_dict[i][0][0] for i in range(5))
     base_max = sum(flops_op_dict[i][5][0] for i in range(5))
     if base_min > flops_maximum:
         while base_min > flops_maximum and size_factor >= 2:
             size_factor -= 1
-            flops_minimum = flops_minimum * (7.0 / size_factor)
-            flops_maximum = flops_maximum * (7.0 / size_factor)
+            flops_minimum = flops_minimum * (float(base_factor) / size_factor)
+            flops_maximum = flops_maximum * (float(base_factor) / size_factor)
         if size_factor < 2:
             return None, None, None
     elif base_max < flops_minimum:
@@ -152,6 +154,14 @@ def path_cost(flops_dict: Dict, fixed: float, arch: Sequence[Sequence[int]]) -> 
         for j, c in enumerate(stage):
             total += get(get(flops_dict, b), j)[c]
     return total + fixed
+
+
+def cost_range(tables: Dict, layers: Sequence[int] = (4, 4, 5, 4, 4)) -> Tuple[float, float]:
+    """(cheapest path with one layer per stage, most expensive path with `layers`) from a measure_flops_table."""
+    d, fixed = tables["flops_dict"], tables["fixed"]
+    lo = path_cost(d, fixed, [[int(np.argmin(d[s + 1][0]))] for s in range(5)])
+    hi = path_cost(d, fixed, [[int(np.argmax(d[s + 1][j])) for j in range(n)] for s, n in enumerate(layers)])
+    return lo, hi
 
 
 def sample_path(rng: np.random.RandomState, depths: Sequence[int], prob: Optional[Sequence[float]] = None,
