@@ -45,34 +45,42 @@ def test_child_entry_gives_the_supernet_path_logits():
     from nas_zoo.entry import load_entry
 
     torch.manual_seed(0)
-    net = cs.CreamSupernet(7, [2, 1, 5, 1, 2])
+    space = cs.cream_space([2, 1, 5, 1, 2], image_size=64)
+    net = cs.twice_differentiable_gates(space.supernet(7))
     for m in net.modules():  # non-trivial BN statistics
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     net.eval()
     arch = [[5, 0], [2], [1, 3, 4, 0, 5], [3], [4, 1]]
-    net.check_arch(arch)
-    entry = load_entry({"name": "cream_child_probe", "family": "efficientnet",
-                        "arch": dict(cs.FAMILY_ARCH, block_args=cs.entry_block_args(arch))}, source="<test>")
+    space.check_arch(arch)
+    entry = load_entry({"name": "cream_child_probe", "family": "efficientnet", "arch": space.entry_arch(arch)},
+                       source="<test>")
+    assert entry.arch["block_args"][2] == [cs.choice_block_string(1, 0, 2)] == ["ir_r1_k5_s2_e4_c40_se0.25"]
     nas_zoo.register_entry(entry, replace=True)
     child = timm.create_model("cream_child_probe", num_classes=7).eval()
-    child.load_state_dict(net.child_state_dict(net.state_dict(), arch), strict=True)
+    child.load_state_dict(space.child_state_dict(net.state_dict(), arch), strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         a, b = net(x, arch), child(x)
     assert torch.allclose(a, b, atol=1e-5, rtol=0), (a - b).abs().max()
-    # a different path of the same supernet does not give these logits
-    with torch.no_grad():
+    with torch.no_grad():  # another path of the same supernet does not give these logits
         assert (net(x, [[0, 0], [0], [0, 0, 0, 0, 0], [0], [0, 0]]) - b).abs().max() > 1e-3
 
 
-def test_check_arch_names_the_field():
-    net = cs.CreamSupernet(3, [1, 1, 1, 1, 1])
-    with pytest.raises(cs.SpaceError, match=r"arch\[2\]\[0\]"):
-        net.check_arch([[0], [0], [6], [0], [0]])
-    with pytest.raises(cs.SpaceError, match=r"arch\[1\]"):
-        net.check_arch([[0], [0, 1], [0], [0], [0]])
+def test_cream_space_is_the_zoo_family_configuration():
+    # the family settings of configs/models/cream_14.yaml
+    zoo = yaml.safe_load((REPO / "configs" / "models" / "cream_14.yaml").read_text())["arch"]
+    space = cs.cream_space([1, 2, 2, 1, 1])
+    arch = space.entry_arch([[3], [3, 3], [3, 3], [1], [3]])
+    for key in ("model", "stem_size", "num_features", "act_layer", "bn_eps", "se_layer", "se_from_exp", "head_bias"):
+        assert arch[key] == zoo[key], key
+    assert arch["block_args"][0] == zoo["block_args"][0] and arch["block_args"][-1] == zoo["block_args"][-1]
+    # timm's builder gives a stage's later blocks stride 1 whatever their string says (the zoo keeps the official
+    # template's s2 there)
+    def later_s1(stages):
+        return [[b if j == 0 else b.replace("_s2_", "_s1_") for j, b in enumerate(st)] for st in stages]
+    assert later_s1(arch["block_args"][2:4]) == later_s1(zoo["block_args"][2:4])
 
 
 def test_own_cost_tables_price_the_built_child_exactly():
@@ -80,10 +88,11 @@ def test_own_cost_tables_price_the_built_child_exactly():
     from nas_zoo.entry import load_entry
     from nas_zoo.families.efficientnet import FAMILY
 
-    tables = cs.measure_flops_table(10, 64, layers=[1, 2, 1, 1, 1])
+    space = cs.cream_space([1, 2, 1, 1, 1], image_size=64)
+    tables = cs.space_flops_table(space, 64, 10)
     arch = [[3], [5, 0], [1], [4], [2]]
-    entry = load_entry({"name": "cream_cost_probe", "family": "efficientnet",
-                        "arch": dict(cs.FAMILY_ARCH, block_args=cs.entry_block_args(arch))}, source="<test>")
+    entry = load_entry({"name": "cream_cost_probe", "family": "efficientnet", "arch": space.entry_arch(arch)},
+                       source="<test>")
     child = FAMILY.build(entry, num_classes=10)
     classifier = 1280 * 10 / 1e6  # FlopsEst leaves the classifier out
     assert cs.path_cost(tables["flops_dict"], tables["fixed"], arch) == pytest.approx(
@@ -131,14 +140,17 @@ def test_cli_run_writes_an_entry_timm_builds_with_inherited_weights(tmp_path):
     hist = [json.loads(l) for l in (run / "board_history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [2, 3]     # the board fills from epoch 1 (meta_start_epoch 0)
     name = nas_zoo.register_entry(run / "entry.yaml", replace=True)
-    model = timm.create_model(name, pretrained=True).eval()
-    sd = cs.CreamSupernet(4, json.loads((run / "space.json").read_text())["layers"])
+    model = timm.create_model(name, pretrained=True, num_classes=4,
+                              pretrained_cfg_overlay=dict(file=str(run / "child.safetensors"))).eval()
+    plan = json.loads((run / "space.json").read_text())
+    space = cs.cream_space(plan["layers"], plan["train_size"])
+    net = space.supernet(4)
     ckpt = torch.load(run / "ckpt" / "search.pt", weights_only=True)
-    sd.load_state_dict({k[len("supernet."):]: v for k, v in ckpt["model"].items() if k.startswith("supernet.")})
-    sd.eval()
+    net.load_state_dict(ckpt["modules"]["supernet"])
+    net.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # the exported weights are the supernet's (running BN statistics of training)
-        assert torch.allclose(model(x), sd(x, best["arch"]), atol=1e-5)
+        assert torch.allclose(model(x), net(x, best["arch"]), atol=1e-5)
 
 
 def _interrupt_at(monkeypatch, where: str, count: int):
@@ -169,7 +181,8 @@ def _in_process(run_dir, cfg):
     from nas_zoo.search.engine import setup_distributed
     ctx = setup_distributed("cpu")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return cream_method.run_cream(copy.deepcopy(cfg), run_dir, ctx)
+    res = cream_method.run_cream(copy.deepcopy(cfg), run_dir, ctx)
+    return res
 
 
 @pytest.mark.slow
@@ -192,8 +205,9 @@ def test_interrupted_then_resumed_gives_the_identical_board_and_result(tmp_path,
     assert res["arch"] == ref["arch"] and res["score"] == ref["score"]
     a = torch.load(tmp_path / "ref" / "ckpt" / "search.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "ckpt" / "search.pt", weights_only=True)
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    for name in ("supernet", "meta"):
+        for k in a["modules"][name]:
+            assert torch.equal(a["modules"][name][k], b["modules"][name][k]), k
     for ea, eb in zip(a["state"]["board"]["entries"], b["state"]["board"]["entries"]):
         assert torch.equal(ea["images"], eb["images"]) and torch.equal(ea["soft"], eb["soft"])
 

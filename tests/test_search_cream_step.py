@@ -179,8 +179,11 @@ def test_op_prob_counts_board_ops():
 def build(dtype):
     keys = json.loads(search_step_file(FAMILY, "supernet_state_keys.json").read_text())
     sd = {k: torch.from_numpy(synth_tensor(k, s, d)) for k, s, d in keys}
-    net = cs.CreamSupernet(M["supernet"]["num_classes"])
-    net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("meta_layer.")}, strict=True)
+    # sta_num 4/4/4/4/4: the official supernet builds a 5th c80 layer (the r2 string) that no path runs; the space
+    # is built without it and its keys are left out
+    net = cs.twice_differentiable_gates(cs.cream_space(M["supernet"]["sta_num"]).supernet(M["supernet"]["num_classes"]))
+    net.load_state_dict({cs.official_key(k): v for k, v in sd.items()
+                         if cs.official_key(k) is not None and not k.startswith("blocks.3.4.")}, strict=True)
     meta = torch.nn.Linear(M["supernet"]["num_classes"] * 4, 1)
     meta.load_state_dict({"weight": sd["meta_layer.weight"], "bias": sd["meta_layer.bias"]})
     net.to(dtype).train()
@@ -205,16 +208,16 @@ OFFICIAL = cc.Options(meta_value_from="last", second_order="conv_stem", simulate
 def run_step(dtype):
     net, meta, opt, sched, board, x, y = build(dtype)
     arch = strip(M["inputs"]["step_path"])
-    before = {"conv_stem": net.conv_stem.weight.detach().clone(), "meta_w": meta.weight.detach().clone(),
+    before = {"conv_stem": net.net.conv_stem.weight.detach().clone(), "meta_w": meta.weight.detach().clone(),
               "meta_b": meta.bias.detach().clone()}
     cost = cs.path_cost(FLOPS["flops_dict_M"], FLOPS["flops_fixed_M"], arch)
     rec = cc.train_step(net, meta, opt, board, x, y, arch, cost, M["inputs"]["epoch"],
                         LabelSmoothingCrossEntropy(0.1), OFFICIAL)
     sched.step()
     g = rec["grads"]
-    rec["grad"] = {"conv_stem": g[id(net.conv_stem.weight)], "classifier": g[id(net.classifier.weight)],
+    rec["grad"] = {"conv_stem": g[id(net.net.conv_stem.weight)], "classifier": g[id(net.net.classifier.weight)],
                    "meta_w": g[id(meta.weight)], "meta_b": g[id(meta.bias)]}
-    rec["delta"] = {"conv_stem": net.conv_stem.weight.detach() - before["conv_stem"],
+    rec["delta"] = {"conv_stem": net.net.conv_stem.weight.detach() - before["conv_stem"],
                     "meta_w": meta.weight.detach() - before["meta_w"], "meta_b": meta.bias.detach() - before["meta_b"]}
     rec["board"] = board
     rec["cost"] = cost
@@ -298,13 +301,13 @@ def test_meta_value_is_the_winners_by_default(step64):
 def run_metaupd(dtype, opts=OFFICIAL):
     net, meta, opt, sched, board, x, y = build(dtype)
     arch = strip(M["inputs"]["step_path"])
-    before = {"conv_stem": net.conv_stem.weight.detach().clone(), "meta_w": meta.weight.detach().clone(),
-              "meta_b": meta.bias.detach().clone(), "classifier": net.classifier.weight.detach().clone(),
-              "unused": net.blocks[1][0][0].conv_pw.weight.detach().clone()}
+    unused = net.net.blocks[1][0].ops[0].conv_pw.weight   # the path takes choice 1 there
+    before = {"conv_stem": net.net.conv_stem.weight.detach().clone(), "meta_w": meta.weight.detach().clone(),
+              "meta_b": meta.bias.detach().clone(), "unused": unused.detach().clone()}
     rec = cc.meta_update(net, meta, opt, board, x, y, arch, LabelSmoothingCrossEntropy(0.1), opts)
-    rec["delta"] = {"conv_stem": net.conv_stem.weight.detach() - before["conv_stem"],
+    rec["delta"] = {"conv_stem": net.net.conv_stem.weight.detach() - before["conv_stem"],
                     "meta_w": meta.weight.detach() - before["meta_w"], "meta_b": meta.bias.detach() - before["meta_b"],
-                    "unused": net.blocks[1][0][0].conv_pw.weight.detach() - before["unused"]}
+                    "unused": unused.detach() - before["unused"]}
     return rec
 
 

@@ -25,9 +25,10 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError, Opt
-from ..engine import DistContext, RunLogger, TrainLoop, load_checkpoint, progress, save_checkpoint, seed_everything
+from ..engine import DistContext, Loop, Phase, RunLogger, all_reduce_grads, save_checkpoint, seed_everything
 from ..spaces import cream as cs
 from ..train import ENGINE_SECTION
+from . import Method
 from . import cream_core as cc
 
 __all__ = ["SCHEMA", "check_config", "run_cream", "LinearDecay", "plan_space"]
@@ -99,7 +100,8 @@ def _image_size(cfg: dict) -> int:
 
 
 def plan_space(cfg: dict, num_classes: int, source: str = "<config>") -> Dict[str, Any]:
-    """Cost tables, depth per stage and resolution for the config's FLOPs interval (ConfigError if infeasible)."""
+    """Cost tables, depth per stage, resolution and the space for the config's FLOPs interval (ConfigError if
+    infeasible): search_for_layer on the full space's MACs table at space.image_size."""
     flops = cfg["space"]["flops"]
     if not (isinstance(flops, list) and len(flops) == 2 and all(isinstance(v, (int, float)) for v in flops)
             and 0 <= flops[0] < flops[1]):
@@ -107,19 +109,21 @@ def plan_space(cfg: dict, num_classes: int, source: str = "<config>") -> Dict[st
     size = _image_size(cfg)
     if size < 32 or size % 32:
         raise ConfigError(source, "space.image_size", f"expected a multiple of 32 (the space's total stride), got {size}")
-    tables = cs.measure_flops_table(num_classes, size)
-    sta_num, _, resolution = cs.search_for_layer(cs.official_flops_table(tables["flops_dict"]), flops[0], flops[1],
+    full = cs.space_flops_table(cs.cream_space(cs.layer_counts([4] * 5), size), size, num_classes)
+    sta_num, _, resolution = cs.search_for_layer(cs.official_flops_table(full["flops_dict"]), flops[0], flops[1],
                                                  image_size=size)
     if sta_num is None:
-        lo, hi = cs.cost_range(tables)
+        d = full["flops_dict"]
+        smallest = sum(d[s + 1][0][0] for s in range(5))
         raise ConfigError(source, "space.flops", f"no depth of the space fits [{flops[0]}, {flops[1]}] MMACs at "
-                                                 f"{size} px (paths cost {lo:.3g}..{hi:.3g} MMACs at 1..max layers)")
-    layers = cs.layer_counts(sta_num)
+                                                 f"{size} px (one k3e4 layer per stage costs {smallest:.3g} MMACs "
+                                                 "in the searched stages)")
+    layers = list(sta_num) if cfg["official"]["dead_c80_block"] else cs.layer_counts(sta_num)
     train_size = size if cfg["official"]["train_at_config_size"] else resolution
-    if train_size != size:  # the costs of the found model are counted where it is trained
-        tables = cs.measure_flops_table(num_classes, train_size)
-    depths = list(sta_num) if cfg["official"]["dead_c80_block"] else layers
-    return {"tables": tables, "sta_num": sta_num, "layers": layers, "depths": depths, "resolution": resolution,
+    space = cs.cream_space(layers, train_size, drop_rate=cfg["export"]["drop_rate"],
+                           drop_path_rate=cfg["export"]["drop_path_rate"])
+    tables = cs.space_flops_table(space, train_size, num_classes)  # costs where the found model is trained
+    return {"space": space, "tables": tables, "sta_num": sta_num, "layers": layers, "resolution": resolution,
             "train_size": train_size, "flops": [float(flops[0]), float(flops[1])]}
 
 
@@ -137,6 +141,11 @@ def check_config(cfg: dict, source: str) -> None:
         raise ConfigError(source, "search.pre_prob", f"expected {len(cs.CHOICES)} probabilities summing to 1, got {p!r}")
     if cfg["select"]["bn_batches"] < 1 or cfg["select"]["batch_size"] < 1:
         raise ConfigError(source, "select", "bn_batches and batch_size must be positive")
+    if not isinstance(cfg["data"], dict):
+        raise ConfigError(source, "data", "expected a mapping")
+    from ..data import DataConfig, build_dataset
+    num_classes = build_dataset(DataConfig.from_dict(cfg["data"], where="data"), "train").num_classes
+    plan_space(cfg, num_classes, source)  # an infeasible FLOPs interval fails here, before training
 
 
 class LinearDecay:
@@ -182,43 +191,23 @@ def _prob(cfg: dict, board: cc.PrioritizedBoard) -> Optional[List[float]]:
     return list(cfg["search"]["pre_prob"])
 
 
-def _recalibrate(net: nn.Module, arch, batches: List[torch.Tensor]) -> None:
-    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the recalibration batches
-    net.train()
-    with torch.no_grad():
-        for x in batches:
-            net(x, arch)
-    net.eval()
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-
-
-def score_paths(net: nn.Module, archs: List[List[List[int]]], bn_batches: List[torch.Tensor], eval_loader,
+def score_paths(space, net: nn.Module, archs: List[List[List[int]]], bn_batches: List[torch.Tensor], eval_loader,
                 ctx: DistContext, max_batches: Optional[int] = None) -> List[float]:
-    """Held-out top-1 of each path after BN recalibration on `bn_batches` (a copy of the supernet is used, so
-    training state is untouched). Counts are summed over ranks, every held-out sample counted once."""
+    """Held-out top-1 of each path after BN recalibration on `bn_batches` (nas_zoo.search.evaluate), on a copy of
+    the supernet so that training state is untouched; every held-out sample counted once over the ranks."""
+    from ..evaluate import evaluate, recalibrate_bn
+
     work = copy.deepcopy(net)
     scores = []
     for arch in archs:
-        _recalibrate(work, arch, bn_batches)
-        correct = torch.zeros(2, dtype=torch.float64)
-        with torch.no_grad():
-            for i, (x, y) in enumerate(eval_loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x, y = x.to(ctx.device), y.to(ctx.device)
-                correct += torch.tensor([float((work(x, arch).argmax(1) == y).sum()), float(y.numel())],
-                                        dtype=torch.float64)
-        correct = ctx.all_reduce_sum(correct)
-        scores.append(float(100.0 * correct[0] / max(1.0, float(correct[1]))))
+        recalibrate_bn(work, lambda x, a=arch: work(x, a), bn_batches)
+        scores.append(evaluate(lambda x, a=arch: work(x, a), eval_loader, ctx, desc="score",
+                               max_batches=max_batches)["top1"])
     return scores
 
 
-def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>") -> Dict[str, Any]:
+def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>", logger=None,
+              job=None) -> Dict[str, Any]:
     from timm.loss import LabelSmoothingCrossEntropy
 
     from ..data import DataConfig, build_dataset, create_loader
@@ -226,28 +215,29 @@ def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config
     run_dir = Path(run_dir)
     seed = cfg["seed"]
     seed_everything(seed + ctx.rank)
-    data_probe = DataConfig.from_dict(cfg["data"], where="data")
-    num_classes = build_dataset(data_probe, "train").num_classes
+    num_classes = build_dataset(DataConfig.from_dict(cfg["data"], where="data"), "train").num_classes
     plan = plan_space(cfg, num_classes, source)
+    space, tables = plan["space"], plan["tables"]
     data_cfg = DataConfig.from_dict({**cfg["data"], "image_size": plan["train_size"]}, where="data")
     train_ds, val_ds = build_dataset(data_cfg, "train"), build_dataset(data_cfg, "val")
-    logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
+    own_logger = logger is None
+    logger = logger or RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
     s, opts = cfg["search"], _options(cfg)
     if s["batch_size"] % ctx.world_size:
         raise ConfigError(source, "search.batch_size", f"{s['batch_size']} is not divisible by {ctx.world_size} "
                                                         "processes")
     per_rank = s["batch_size"] // ctx.world_size
     if ctx.is_main:
-        (run_dir / "space.json").write_text(json.dumps({k: v for k, v in plan.items() if k != "tables"}, indent=1))
-        save_checkpoint({"flops_dict": {str(b): {str(j): v for j, v in d.items()}
-                                        for b, d in plan["tables"]["flops_dict"].items()},
-                         "fixed": plan["tables"]["fixed"], "image_size": plan["tables"]["image_size"]},
-                        run_dir / "cost-macs.pt")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "space.json").write_text(json.dumps({k: v for k, v in plan.items() if k not in ("tables", "space")},
+                                                       indent=1))
+        (run_dir / "cost-macs.json").write_text(json.dumps(tables, indent=1))
 
     torch.manual_seed(seed)  # the same initialisation in every process
-    supernet = cs.CreamSupernet(num_classes, plan["layers"], drop_rate=s["drop_rate"]).to(ctx.device)
+    supernet = cs.twice_differentiable_gates(space.supernet(num_classes)).to(ctx.device)
+    if s["drop_rate"]:
+        supernet.net.drop_rate = s["drop_rate"]
     meta = nn.Linear(num_classes * s["slice"], 1).to(ctx.device)
-    holder = nn.ModuleDict({"supernet": supernet, "meta": meta})
     optimizer = torch.optim.SGD(cc.param_groups(supernet, meta, s["lr"], s["meta_lr"], s["weight_decay"]),
                                 lr=s["lr"], momentum=s["momentum"], nesterov=True)
     board = cc.PrioritizedBoard(s["pool_size"], s["acc_gap"], s["meta_start_epoch"])
@@ -261,31 +251,26 @@ def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config
     steps_per_epoch = len(make_loader(0))
     scheduler = LinearDecay(optimizer, s["epochs"] * steps_per_epoch,
                             start=s["lr"] if cfg["official"]["lr_factor_minus_lr"] else 1.0)
-    tables = plan["tables"]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
 
     def average_grads(grads: List[torch.Tensor]) -> None:
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        flat = ctx.all_reduce_mean(flat)
+        flat = ctx.all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]))
         offset = 0
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
 
-    if ctx.distributed:  # one path per step on every rank: average each accumulated gradient (loss.backward only)
-        for p in holder.parameters():
-            p.register_post_accumulate_grad_hook(lambda p: p.grad.copy_(ctx.all_reduce_mean(p.grad)))
-
-    def reduce_prec1(p: float) -> float:
-        return float(ctx.all_reduce_mean(torch.tensor([p], dtype=torch.float64))[0])
-
-    def first_rank(t: torch.Tensor) -> torch.Tensor:  # board images/labels: rank 0's, so every board is the same
-        return ctx.broadcast_object(t.cpu()).to(t.device) if ctx.distributed else t
+    def first_rank(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """rank 0's tensor on every rank: the board stores rank 0's images and soft labels, so it is one board"""
+        if t is None or not ctx.distributed:
+            return t
+        return ctx.broadcast_object(t.detach().cpu()).to(t.device)
 
     def step(batch):
         images, target = batch[0].to(ctx.device), batch[1].to(ctx.device)
-        epoch = loop.epoch                           # 0-based, as train_epoch's (KD from META_STA_EPOCH + 1)
-        batch_idx = loop.batch_in_epoch
-        arch = cs.sample_path(path_rng, plan["depths"], _prob(cfg, board), cfg["official"]["prob_as_replace"])
+        epoch, batch_idx = loop.epoch, loop.batch_in_phase   # 0-based, as train_epoch's
+        arch = cs.sample_path(path_rng, space.depths if not cfg["official"]["dead_c80_block"] else plan["sta_num"],
+                              _prob(cfg, board), cfg["official"]["prob_as_replace"])
         cost = cs.path_cost(tables["flops_dict"], tables["fixed"], arch)
         metrics = {}
         if epoch > opts.meta_start_epoch and batch_idx > 0 and batch_idx % opts.update_iter == 0 and len(board):
@@ -293,19 +278,20 @@ def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config
                                  reduce_grads=average_grads if ctx.distributed else None)
             metrics["meta_grad_norm"] = torch.tensor(upd["grad_teacher_norm"])
         rec = cc.forward_step(supernet, meta, board, images, target, arch, epoch, ce_fn, opts)
-        board_images = first_rank(images[:opts.slice])
-        shared = dict(rec)
-        shared["output"] = first_rank(rec["output"].detach())
-        if rec["teacher_output"] is not None:
-            shared["teacher_output"] = first_rank(rec["teacher_output"])
-        # prec1 over the global batch decides; the stored images/soft labels are rank 0's
-        prec1 = reduce_prec1(cc.accuracy_top1(rec["output"].detach(), target))
-        cc.update_board(board, shared, board_images, target, arch, cost, epoch, opts,
-                        reduce_prec1=lambda _p: prec1)
-        metrics.update(ce=rec["ce"].detach(), prec1=torch.tensor(prec1), board=torch.tensor(float(len(board))))
+        loop.zero_grad("sgd")
+        loop.backward(rec["loss"].reshape(()))
+        all_reduce_grads([p for p in params if p.grad is not None], ctx)  # the same path on every rank
+        loop.step("sgd")
+        prec1 = float(ctx.all_reduce_mean(torch.tensor([cc.accuracy_top1(rec["output"].detach(), target)],
+                                                       dtype=torch.float64))[0])
+        shared = dict(rec, output=first_rank(rec["output"].detach()), teacher_output=first_rank(rec["teacher_output"]))
+        cc.update_board(board, shared, first_rank(images[:opts.slice]), target, arch, cost, epoch, opts,
+                        reduce_prec1=lambda _local: prec1)
+        metrics.update(loss=rec["loss"].detach().reshape(()), ce=rec["ce"].detach(), prec1=torch.tensor(prec1),
+                       board=torch.tensor(float(len(board))))
         if "kd" in rec:
             metrics["kd"] = rec["kd"].detach()
-        return rec["loss"].reshape(()), metrics
+        return metrics
 
     score_loader = create_loader(val_ds, data_cfg, cfg["select"]["batch_size"], train=False,
                                  distributed=ctx.distributed, seed=seed)
@@ -319,7 +305,7 @@ def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config
     def eval_fn(epoch: int) -> Dict[str, float]:
         out: Dict[str, float] = {"board_size": float(len(board))}
         if cfg["select"]["every_epoch"] and len(board):
-            scores = score_paths(supernet, [e.arch for e in board.entries], bn_batches, score_loader, ctx,
+            scores = score_paths(space, supernet, [e.arch for e in board.entries], bn_batches, score_loader, ctx,
                                  cfg["select"]["eval_batches"])
             if ctx.is_main:
                 with open(run_dir / "board_history.jsonl", "a") as f:
@@ -328,17 +314,19 @@ def run_cream(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config
             out["board_best_score"] = max(scores)
         return out
 
-    loop = TrainLoop(ctx=ctx, ckpt_path=run_dir / "ckpt" / "search.pt", model=holder, optimizer=optimizer,
-                     epochs=s["epochs"], make_loader=make_loader, step_fn=step, scheduler=scheduler,
-                     state={"board": board}, rng_extra={"path": path_rng}, clip_grad=s["clip_grad"],
-                     ckpt_every=cfg["engine"]["ckpt_every"], logger=logger, desc="cream", eval_fn=eval_fn)
+    loop = Loop(ctx=ctx, ckpt_path=run_dir / "ckpt" / "search.pt", epochs=s["epochs"],
+                phases=[Phase("train", make_loader, step)], modules={"supernet": supernet, "meta": meta},
+                optimizers={"sgd": optimizer}, schedulers={"sgd": scheduler}, sched_interval={"sgd": "step"},
+                state={"board": board}, rngs={"path": path_rng}, clip_grad=s["clip_grad"],
+                ckpt_every=cfg["engine"]["ckpt_every"], logger=logger, desc="cream", eval_fn=eval_fn)
     loop.resume()
     _trim_history(run_dir, loop.epoch, ctx)
     history = loop.run()
     result = select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_dir, ctx, num_classes,
-                               history)
+                               history, job)
     logger.log({"phase": "select", **{k: v for k, v in result.items() if not isinstance(v, (list, dict))}})
-    logger.close()
+    if own_logger:
+        logger.close()
     return result
 
 
@@ -353,18 +341,18 @@ def _trim_history(run_dir: Path, epochs_done: int, ctx: DistContext) -> None:
 
 
 def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_dir, ctx, num_classes,
-                      history) -> Dict[str, Any]:
-    from ...entry import load_entry
+                      history, job=None) -> Dict[str, Any]:
+    from ..export import write_entry
 
+    space, tables = plan["space"], plan["tables"]
     lo, hi = plan["flops"]
-    tables = plan["tables"]
     candidates = [e.arch for e in board.entries]
     source = "board"
     if not candidates:  # the board fills only after meta_start_epoch: fall back to sampled paths
         rng = np.random.RandomState(cfg["seed"] + 7)
-        candidates = [cs.sample_path(rng, plan["depths"]) for _ in range(cfg["search"]["pool_size"])]
+        candidates = [cs.sample_path(rng, space.depths) for _ in range(cfg["search"]["pool_size"])]
         source = "random (board empty)"
-    scores = score_paths(supernet, candidates, bn_batches, score_loader, ctx)  # the whole held-out set
+    scores = score_paths(space, supernet, candidates, bn_batches, score_loader, ctx)  # the whole held-out set
     costs = [cs.path_cost(tables["flops_dict"], tables["fixed"], a) for a in candidates]
     rows = [{"arch": a, "cost_mmacs": c, "score": sc,
              "board_prec1": (board.entries[i].prec1 if source == "board" else None),
@@ -373,28 +361,16 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
     if not inside:  # search_for_layer prices only the searched layers: a whole path may exceed the interval
         inside, source = rows, source + ", none inside space.flops"
     best = max(inside, key=lambda r: (r["score"], -r["cost_mmacs"]))
-    arch = best["arch"]
-    size = plan["train_size"]
-    entry_arch = dict(cs.FAMILY_ARCH, block_args=cs.entry_block_args(arch), drop_rate=cfg["export"]["drop_rate"])
-    if cfg["export"]["drop_path_rate"]:
-        entry_arch["drop_path_rate"] = cfg["export"]["drop_path_rate"]
-    weights = run_dir / "child.safetensors"
-    entry = load_entry({
-        "name": cfg["name"], "family": "efficientnet",
-        "description": f"Searched by Cream (nas_zoo.search) in [{lo:g}, {hi:g}] MMACs at {size}px.",
-        "arch": entry_arch,
-        "pretrained": {"search": {"file": weights.name, "num_classes": num_classes, "input_size": [3, size, size],
-                                  "crop_pct": 1.0, "notes": ["inherited supernet weights, not retrained"]}},
-        "provenance": {"method": "cream", "config": str(run_dir / "resolved.yaml"), "arch_list":
-                       [[0]] + arch + [[0]], "cost_mmacs": best["cost_mmacs"], "heldout_top1": best["score"],
-                       "candidates": source, "sta_num": plan["sta_num"], "resolution": size},
-    }, source=str(run_dir / "entry.yaml"))
+    arch, size = best["arch"], plan["train_size"]
+    if job is None:
+        from types import SimpleNamespace
+        job = SimpleNamespace(cfg=cfg, run_dir=run_dir, ctx=ctx, method=METHOD)
+    entry = write_entry(job, space, arch, supernet_state=supernet.state_dict(),
+                        description=f"Searched by Cream (nas_zoo.search) in [{lo:g}, {hi:g}] MMACs at {size}px.",
+                        provenance={"arch_list": [[0]] + arch + [[0]], "cost_mmacs": best["cost_mmacs"],
+                                    "heldout_top1": best["score"], "candidates": source, "sta_num": plan["sta_num"],
+                                    "resolution": size, "num_classes": num_classes})
     if ctx.is_main:
-        from safetensors.torch import save_file
-
-        child = supernet.child_state_dict(supernet.state_dict(), arch)
-        save_file({k: v.detach().cpu().contiguous() for k, v in child.items()}, str(weights))
-        entry.save(run_dir / "entry.yaml")
         (run_dir / "board.json").write_text(json.dumps({"selected": best, "candidates": source, "paths": rows},
                                                        indent=1))
         try:
@@ -403,7 +379,7 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
             import warnings
             warnings.warn(f"board figure not drawn: {e}")
     ctx.barrier()
-    return {"status": "done", "entry": str(run_dir / "entry.yaml"), "name": cfg["name"], "arch": arch,
+    return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": arch,
             "cost_mmacs": best["cost_mmacs"], "score": best["score"], "board": rows,
             "summary": f"{cfg['name']}: {best['cost_mmacs']:.3g} MMACs at {size}px, held-out top-1 "
                        f"{best['score']:.1f} % (inherited weights, {len(rows)} {source} paths scored)"}
@@ -430,3 +406,14 @@ def plot_board(run_dir) -> Optional[Path]:
     ax.set_ylabel("held-out top-1 (%)")
     ax.legend(fontsize=7)
     return _save(fig, run_dir / "board.png")
+
+
+def run(job) -> Dict[str, Any]:
+    return run_cream(job.cfg, job.run_dir, job.ctx, source=job.source, logger=job.logger, job=job)
+
+
+METHOD = Method(
+    name="cream", help="Cream: prioritized paths and meta-matching distillation (docs/cream.md)",
+    description="Run Cream end to end: depth from the FLOPs interval, supernet training with the prioritized "
+                "board and the meta-matching update, held-out selection, export of RUN_DIR/entry.yaml.",
+    schema=SCHEMA, check=check_config, run=run)

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..spaces.cream import path_parameters
+
 __all__ = ["Options", "BoardEntry", "PrioritizedBoard", "select_teacher", "soft_target_ce", "cream_loss",
            "param_groups", "linear_decay", "sgd_step_", "clip_grads_", "meta_update", "forward_step", "update_board",
            "train_step", "op_prob", "accuracy_top1"]
@@ -235,7 +237,7 @@ def meta_update(supernet, meta: nn.Module, optimizer: torch.optim.SGD, board: Pr
     with torch.no_grad():
         soft = F.softmax(supernet(x, teacher_arch), dim=1)
     kd = meta_value * soft_target_ce(out, soft)
-    params = supernet.path_parameters(arch)
+    params = path_parameters(supernet, arch)
     grad1 = torch.autograd.grad(kd, params, create_graph=True)
     if opts.simulate_lr == "meta":
         lr = optimizer.param_groups[-1]["lr"]

@@ -1,16 +1,16 @@
-"""Cream's search space (microsoft/Cream `lib/models/structures/supernet.py:gen_supernet`).
+"""Cream's search space (microsoft/Cream `lib/models/structures/supernet.py:gen_supernet`) on the MBConv chain space.
 
 Stem conv3x3/2 (16) + a fixed DS block (k3, SE), five searched stages of widths 24/40/80/96/192 with first strides
 2/2/2/1/2, each layer choosing one of six inverted-residual blocks (k3/k5/k7 x e4/e6, in the official
 `choices_list` order), a fixed 1x1 conv to 320, global pool, conv_head 1280 (with bias) and the classifier.
 Every block is IR with SE 0.25 (hard_sigmoid gate, ReLU inside) and Swish. Results are `mobilenetv3`-style
 `efficientnet`-family entries (configs/models/cream_*.yaml), so every block here is built by timm's
-`EfficientNetBuilder` with that family's settings (`nas_zoo.families.efficientnet.model_kwargs`).
+`EfficientNetBuilder` with that family's settings: `cream_space` is a configuration of `MBConvChainSpace`
+(stem 16, the DS block as its head block, the 1x1-320 conv as its tail block, MobileNetV3 head with bias).
 
 An architecture is five lists of choice indices (one per searched stage), the official `cand` without its
-leading and trailing `[0]`. The supernet's state_dict keys are the official ones
-(`blocks.<stage>.<layer>.<choice>.*`, stage 0 the DS block, stage 6 the 1x1 conv), so official weights load as
-they are.
+leading and trailing `[0]`. Official supernet keys `blocks.<s>.<l>.<c>.*` are the space's
+`net.blocks.<s>.<l>.ops.<c>.*` (`official_key`).
 """
 from __future__ import annotations
 
@@ -20,18 +20,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-from timm.layers import SelectAdaptivePool2d, create_conv2d, get_norm_act_layer
 from timm.layers.activations import HardSigmoid
-from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def
 
-from nas_zoo.families.efficientnet import model_kwargs
+from .mbconv import MBConvChainSpace
 
-__all__ = ["CHOICES", "TEMPLATE", "WIDTHS", "STRIDES", "FAMILY_ARCH", "CreamSupernet", "search_for_layer",
-           "layer_counts", "choice_block_string", "entry_block_args", "sample_path", "path_cost",
-           "official_flops_table", "measure_flops_table", "SpaceError", "cost_range"]
+__all__ = ["CHOICES", "OPS", "TEMPLATE", "WIDTHS", "STRIDES", "FAMILY_ARCH", "cream_space", "search_for_layer",
+           "layer_counts", "choice_block_string", "sample_path", "path_cost", "official_flops_table",
+           "space_flops_table", "twice_differentiable_gates", "path_parameters", "official_key"]
 
 # choices_list (tools/train.py): [[3,4],[3,6],[5,4],[5,6],[7,4],[7,6]] as (kernel, expansion)
 CHOICES: Tuple[Tuple[int, int], ...] = ((3, 4), (3, 6), (5, 4), (5, 6), (7, 4), (7, 6))
+OPS = tuple(f"MB{e}_{k}x{k}_se0.25" for k, e in CHOICES)
 WIDTHS = (24, 40, 80, 96, 192)
 STRIDES = (2, 2, 2, 1, 2)
 STEM_SIZE = 16
@@ -63,12 +62,6 @@ FAMILY_ARCH = dict(model="mobilenetv3", stem_size=STEM_SIZE, num_features=NUM_FE
 # search_for_layer's greedy order and caps (issue #17: hand-picked)
 ORDER = (2, 3, 4, 1, 0, 2, 3, 4, 1, 0)
 LIMITS = (3, 3, 3, 2, 2, 4, 4, 4, 4, 4)
-
-
-class SpaceError(ValueError):
-    def __init__(self, field: str, problem: str):
-        self.field, self.problem = field, problem
-        super().__init__(f"arch field '{field}': {problem}")
 
 
 def choice_block_string(stage: int, layer: int, choice: int) -> str:
@@ -156,14 +149,6 @@ def path_cost(flops_dict: Dict, fixed: float, arch: Sequence[Sequence[int]]) -> 
     return total + fixed
 
 
-def cost_range(tables: Dict, layers: Sequence[int] = (4, 4, 5, 4, 4)) -> Tuple[float, float]:
-    """(cheapest path with one layer per stage, most expensive path with `layers`) from a measure_flops_table."""
-    d, fixed = tables["flops_dict"], tables["fixed"]
-    lo = path_cost(d, fixed, [[int(np.argmin(d[s + 1][0]))] for s in range(5)])
-    hi = path_cost(d, fixed, [[int(np.argmax(d[s + 1][j])) for j in range(n)] for s, n in enumerate(layers)])
-    return lo, hi
-
-
 def sample_path(rng: np.random.RandomState, depths: Sequence[int], prob: Optional[Sequence[float]] = None,
                 prob_as_replace: bool = False) -> List[List[int]]:
     """One path: each layer's choice drawn independently (PrioritizedBoard.get_cand_with_prob).
@@ -177,29 +162,48 @@ def sample_path(rng: np.random.RandomState, depths: Sequence[int], prob: Optiona
     return [rng.choice(n, d, p=list(prob)).tolist() for d in depths]
 
 
-def _builder(drop_path_rate: float = 0.0) -> EfficientNetBuilder:
-    kw = model_kwargs(dict(FAMILY_ARCH, block_args=[[STEM_BLOCK]]))
-    return EfficientNetBuilder(output_stride=32, pad_type=kw["pad_type"], round_chs_fn=kw["round_chs_fn"],
-                               se_from_exp=kw["se_from_exp"], act_layer=kw["act_layer"],
-                               norm_layer=kw["norm_layer"], se_layer=kw["se_layer"],
-                               drop_path_rate=drop_path_rate)
+def cream_space(layers: Sequence[int] = (4, 4, 5, 4, 4), image_size: int = 224, drop_rate: float = 0.2,
+                drop_path_rate: float = 0.0) -> MBConvChainSpace:
+    """The Cream space with `layers` layers per searched stage, as an MBConv chain space."""
+    return MBConvChainSpace(
+        stages=[(w, st, int(n)) for w, st, n in zip(WIDTHS, STRIDES, layers)], ops=OPS, stem_size=STEM_SIZE,
+        head_blocks=(STEM_BLOCK,), tail_blocks=(TAIL_BLOCK,), num_features=NUM_FEATURES,
+        act_layer=FAMILY_ARCH["act_layer"], model="mobilenetv3", bn_eps=FAMILY_ARCH["bn_eps"],
+        se_layer=dict(FAMILY_ARCH["se_layer"]), se_from_exp=True, head_bias=True, image_size=image_size,
+        drop_rate=drop_rate, drop_path_rate=drop_path_rate, name="cream")
 
 
-def build_block(block_string: str, in_chs: int) -> nn.Module:
-    """One block built by timm's EfficientNetBuilder with the Cream entries' family settings."""
-    return _builder()(in_chs, decode_arch_def([[block_string]]))[0][0]
+def space_flops_table(space: MBConvChainSpace, image_size: Optional[int] = None, num_classes: int = 1000) -> Dict:
+    """Our MACs tables in FlopsEst's layout (MMACs): {"flops_dict": {block: {layer: [per choice]}}, "fixed": stem +
+    pool + conv_head}, block 0 the DS block, block 6 the 1x1-320 conv. The classifier is left out, as FlopsEst."""
+    table = space.cost_tables(("macs",), image_size, num_classes)["macs"]
+    out: Dict = {0: {0: [None]}, 6: {0: [None]}}
+    for s, d in enumerate(space.depths):
+        out[s + 1] = {j: [float(v) / 1e6 for v in row] for j, row in enumerate(table.layer_costs(s, d)[0])}
+    fixed, parts = _fixed_parts(space, image_size or space.image_size, num_classes)
+    out[0][0] = [parts["blocks.0"]]
+    out[6][0] = [parts[f"blocks.{len(space.stages) + 1}"]]
+    return {"flops_dict": out, "fixed": fixed, "image_size": int(image_size or space.image_size)}
 
 
-def entry_block_args(arch: Sequence[Sequence[int]]) -> List[List[str]]:
-    """The family's block_args of a path: DS stem block, one string per chosen layer, the 1x1-320 tail."""
-    out = [[STEM_BLOCK]]
-    for s, stage in enumerate(arch):
-        out.append([choice_block_string(s, j, c) for j, c in enumerate(stage)])
-    out.append([TAIL_BLOCK])
-    return out
+def _fixed_parts(space: MBConvChainSpace, size: int, num_classes: int) -> Tuple[float, Dict[str, float]]:
+    from timm.models.mobilenetv3 import MobileNetV3
+
+    from nas_zoo.cost import count_macs
+    from nas_zoo.families.efficientnet import model_kwargs
+    from ..cost import fixed_parts
+
+    template = space.entry_arch([[0] * d for d in space.depths])
+    with torch.device("meta"):
+        child = MobileNetV3(num_classes=num_classes, **model_kwargs(dict(template, drop_rate=0.0, drop_path_rate=0.0)))
+    names = ["conv_stem", "bn1", "blocks.0", f"blocks.{len(space.stages) + 1}", "global_pool", "conv_head", "act2"]
+    parts = {n: count_macs(p.module, p.input_size) / 1e6
+             for n, p in zip(names, fixed_parts(child, (3, size, size), names))}
+    fixed = sum(v for k, v in parts.items() if not k.startswith("blocks."))
+    return fixed, parts
 
 
-def _twice_differentiable_gates(module: nn.Module) -> None:
+def twice_differentiable_gates(module: nn.Module) -> nn.Module:
     """The meta update differentiates through a gradient; torch's native hardsigmoid has no double backward, so
     the SE gates become timm's HardSigmoid, the same function written as clamp(x + 3, 0, 6) / 6 (the official
     timm 0.1.20 gate is relu6(x + 3) / 6)."""
@@ -207,116 +211,40 @@ def _twice_differentiable_gates(module: nn.Module) -> None:
         if isinstance(child, nn.Hardsigmoid):
             setattr(module, name, HardSigmoid())
         else:
-            _twice_differentiable_gates(child)
+            twice_differentiable_gates(child)
+    return module
 
 
-class CreamSupernet(nn.Module):
-    """The supernet: `layers[s]` choice layers in searched stage s, each a ModuleList of the six choice blocks.
+def path_parameters(supernet: nn.Module, arch: Sequence[Sequence[int]]) -> List[nn.Parameter]:
+    """The parameters one path uses, in the official `rand_parameters` order: every parameter outside the blocks
+    (conv_stem first), then the blocks of the path in order (fixed blocks included)."""
+    from .mbconv import ChoiceBlock
 
-    forward(x, arch): arch is five lists of choice indices; a stage runs its first len(arch[s]) layers (the
-    official forward zips layers with choices, so a shorter list leaves the last layers unused).
-    """
-
-    def __init__(self, num_classes: int, layers: Sequence[int] = (4, 4, 5, 4, 4), drop_rate: float = 0.0):
-        super().__init__()
-        kw = model_kwargs(dict(FAMILY_ARCH, block_args=[[STEM_BLOCK]]))
-        self.layers = [int(n) for n in layers]
-        self.num_classes = num_classes
-        self.drop_rate = drop_rate
-        self.conv_stem = create_conv2d(3, STEM_SIZE, 3, stride=2, padding=kw["pad_type"])
-        self.bn1 = get_norm_act_layer(kw["norm_layer"], kw["act_layer"])(STEM_SIZE, inplace=True)
-        blocks = [nn.ModuleList([nn.ModuleList([build_block(STEM_BLOCK, STEM_SIZE)])])]
-        in_chs = STEM_SIZE
-        for s, n in enumerate(self.layers):
-            stage = nn.ModuleList()
-            for j in range(n):
-                stage.append(nn.ModuleList(build_block(choice_block_string(s, j, c), in_chs)
-                                           for c in range(len(CHOICES))))
-                in_chs = WIDTHS[s]
-            blocks.append(stage)
-        tail_chs = int(TAIL_BLOCK.split("_c")[1].split("_")[0])
-        blocks.append(nn.ModuleList([nn.ModuleList([build_block(TAIL_BLOCK, in_chs)])]))
-        self.blocks = nn.ModuleList(blocks)
-        self.global_pool = SelectAdaptivePool2d(pool_type="avg")
-        self.conv_head = create_conv2d(tail_chs, NUM_FEATURES, 1, padding=kw["pad_type"], bias=True)
-        self.act2 = kw["act_layer"](inplace=True)
-        self.flatten = nn.Flatten(1)
-        self.classifier = nn.Linear(NUM_FEATURES, num_classes)
-        _twice_differentiable_gates(self)
-
-    def _full(self, arch):
-        return [[0]] + [list(a) for a in arch] + [[0]]
-
-    def forward_features(self, x: torch.Tensor, arch: Sequence[Sequence[int]]) -> torch.Tensor:
-        x = self.bn1(self.conv_stem(x))
-        for stage, choices in zip(self.blocks, self._full(arch)):
-            for layer, c in zip(stage, choices):
-                x = layer[int(c)](x)
-        return self.act2(self.conv_head(self.global_pool(x)))
-
-    def forward(self, x: torch.Tensor, arch: Sequence[Sequence[int]]) -> torch.Tensor:
-        x = self.flatten(self.forward_features(x, arch))
-        if self.drop_rate > 0:
-            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
-        return self.classifier(x)
-
-    def path_parameters(self, arch: Sequence[Sequence[int]]) -> List[nn.Parameter]:
-        """The parameters one path uses, in the official `rand_parameters` order: every non-block parameter
-        (conv_stem first), then the chosen blocks stage by stage."""
-        out = [p for n, p in self.named_parameters() if not n.startswith("blocks.")]
-        for stage, choices in zip(self.blocks, self._full(arch)):
-            for layer, c in zip(stage, choices):
-                out.extend(layer[int(c)].parameters())
-        return out
-
-    def check_arch(self, arch) -> None:
-        if not isinstance(arch, (list, tuple)) or len(arch) != len(self.layers):
-            raise SpaceError("arch", f"expected {len(self.layers)} lists of choice indices, got {arch!r}")
-        for s, stage in enumerate(arch):
-            if not isinstance(stage, (list, tuple)) or not 1 <= len(stage) <= self.layers[s]:
-                raise SpaceError(f"arch[{s}]", f"expected 1..{self.layers[s]} choice indices, got {stage!r}")
-            for j, c in enumerate(stage):
-                if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < len(CHOICES):
-                    raise SpaceError(f"arch[{s}][{j}]", f"expected a choice index 0..{len(CHOICES) - 1}, got {c!r}")
-
-    def child_state_dict(self, supernet_state: Dict[str, torch.Tensor], arch) -> Dict[str, torch.Tensor]:
-        """Keys of the timm MobileNetV3 built from `entry_block_args(arch)`: blocks.<stage>.<layer>.*"""
-        out = {}
-        for k, v in supernet_state.items():
-            if not k.startswith("blocks."):
-                if not k.startswith("meta_layer."):
-                    out[k] = v
-                continue
-            _, s, j, c, rest = k.split(".", 4)
-            s, j, c = int(s), int(j), int(c)
-            full = self._full(arch)
-            if j < len(full[s]) and full[s][j] == c:
-                out[f"blocks.{s}.{j}.{rest}"] = v
-        return out
+    net = supernet.net
+    out = [p for n, p in net.named_parameters() if not n.startswith("blocks.")]
+    choices = {}
+    for s, layers in enumerate(supernet.searched):
+        for l, (bs, bl) in enumerate(layers):
+            if l < len(arch[s]):
+                choices[(bs, bl)] = int(arch[s][l])
+    for bs, stage in enumerate(net.blocks):
+        for bl, block in enumerate(stage):
+            if isinstance(block, ChoiceBlock):
+                if (bs, bl) in choices:
+                    out.extend(block.ops[choices[(bs, bl)]].parameters())
+            else:
+                out.extend(block.parameters())
+    return out
 
 
-def measure_flops_table(num_classes: int = 1000, image_size: int = 224,
-                        layers: Sequence[int] = (4, 4, 5, 4, 4)) -> Dict:
-    """Our own cost tables (torch.utils.flop_counter MACs), in FlopsEst's layout:
-    {"flops_dict": {block: {layer: [MACs per choice]}}, "fixed": stem + pool + conv_head MACs} in MMACs."""
-    from nas_zoo.cost import count_macs
-
-    net = CreamSupernet(num_classes, layers)
-    net.eval()
-    size = image_size
-    out: Dict = {}
-    stem = nn.Sequential(net.conv_stem, net.bn1)
-    fixed = count_macs(stem, (3, image_size, image_size)) / 1e6
-    size = (image_size + 1) // 2
-    chs = STEM_SIZE
-    for b, stage in enumerate(net.blocks):
-        out[b] = {}
-        for j, layer in enumerate(stage):
-            shape = (1, chs, size, size)
-            out[b][j] = [count_macs(blk, shape[1:]) / 1e6 for blk in layer]
-            with torch.no_grad():
-                y = layer[0](torch.zeros(shape))
-            chs, size = y.shape[1], y.shape[-1]
-    head = nn.Sequential(net.global_pool, net.conv_head)
-    fixed += count_macs(head, (chs, size, size)) / 1e6
-    return {"flops_dict": out, "fixed": fixed, "image_size": image_size}
+def official_key(key: str) -> Optional[str]:
+    """An official supernet key as the space's supernet names it (None for the meta layer)."""
+    if key.startswith("meta_layer."):
+        return None
+    parts = key.split(".")
+    if parts[0] != "blocks":
+        return "net." + key
+    s, l, c, rest = parts[1], parts[2], parts[3], ".".join(parts[4:])
+    if s in ("0", "6"):
+        return f"net.blocks.{s}.{l}.{rest}"
+    return f"net.blocks.{s}.{l}.ops.{c}.{rest}"
