@@ -153,5 +153,8 @@ def plot_run(run_dir: PathLike) -> Path:
         return plot_dna_search(run_dir)
     if (run_dir / "metrics.json").exists():
         return plot_training(run_dir)
+    if (run_dir / "entry.yaml").exists() and (run_dir / "board.json").exists():  # a Cream search
+        from .methods.cream import plot_board
+        return plot_board(run_dir)
     raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/) nor a finished "
                             "training run (metrics.json)")

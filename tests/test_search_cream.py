@@ -134,6 +134,8 @@ def test_cli_run_writes_an_entry_timm_builds_with_inherited_weights(tmp_path):
     board = json.loads((run / "board.json").read_text())
     assert 1 <= len(board["paths"]) <= 3
     assert all({"arch", "cost_mmacs", "score", "inside"} <= set(r) for r in board["paths"])
+    base = board["baseline_same_cost"]
+    assert len(base["scores"]) == 3 and best_arch_not_in(base["archs"], entry)
     inside = [r for r in board["paths"] if r["inside"]] or board["paths"]
     best = max(inside, key=lambda r: (r["score"], -r["cost_mmacs"]))
     assert entry["provenance"]["arch_list"] == [[0]] + best["arch"] + [[0]]
@@ -151,6 +153,10 @@ def test_cli_run_writes_an_entry_timm_builds_with_inherited_weights(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():  # the exported weights are the supernet's (running BN statistics of training)
         assert torch.allclose(model(x), net(x, best["arch"]), atol=1e-5)
+
+
+def best_arch_not_in(archs, entry):
+    return entry["provenance"]["arch_list"][1:-1] not in archs
 
 
 def _interrupt_at(monkeypatch, where: str, count: int):
@@ -237,3 +243,17 @@ def test_sigkill_with_a_full_board_then_resume(tmp_path):
     assert json.loads((ref / "board.json").read_text()) == json.loads((run_dir / "board.json").read_text())
     ea, eb = (yaml.safe_load((d / "entry.yaml").read_text()) for d in (ref, run_dir))
     assert ea["arch"] == eb["arch"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_keep_one_board(tmp_path):
+    # every rank checks at the end that its board (prec1, cost, arch, images, soft labels) is rank 0's
+    config = write_config(tiny_cream_config(), tmp_path / "ddp.yaml")
+    run_dir = tmp_path / "ddp"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+                          "nas_zoo.search.cli", "cream", "--config", str(config), "--out", str(run_dir)],
+                         env=env(), cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    board = json.loads((run_dir / "board.json").read_text())
+    assert board["processes"] == 2 and len(board["paths"]) == 3
+    assert (run_dir / "entry.yaml").exists() and (run_dir / "child.safetensors").exists()

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError, Opt
-from ..engine import DistContext, Loop, Phase, RunLogger, all_reduce_grads, save_checkpoint, seed_everything
+from ..engine import DistContext, Loop, Phase, RunError, RunLogger, all_reduce_grads, seed_everything
 from ..spaces import cream as cs
 from ..train import ENGINE_SECTION
 from . import Method
@@ -77,6 +77,7 @@ SCHEMA = {
         "batch_size": Opt(int, 64),
         "eval_batches": Opt((int, type(None)), None, help="held-out batches per path in the per-epoch scoring (None: all; the final selection uses all)"),
         "every_epoch": Opt(bool, True, help="also score the board at every epoch end (for the figure)"),
+        "baseline": Opt(int, 3, help="random paths of the found path's cost scored beside it (0: none)"),
     },
     "export": {"drop_rate": Opt(float, 0.2), "drop_path_rate": Opt(float, 0.0)},
     "engine": ENGINE_SECTION,
@@ -346,6 +347,10 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
 
     space, tables = plan["space"], plan["tables"]
     lo, hi = plan["flops"]
+    mine = [(e.prec1, e.cost, e.arch, float(e.images.double().sum()), float(e.soft.double().sum()))
+            for e in board.entries]
+    if any(other != mine for other in ctx.all_gather_object(mine)):
+        raise RunError("cream: the prioritized board differs across processes; this is a bug, please report it")
     candidates = [e.arch for e in board.entries]
     source = "board"
     if not candidates:  # the board fills only after meta_start_epoch: fall back to sampled paths
@@ -362,6 +367,18 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
         inside, source = rows, source + ", none inside space.flops"
     best = max(inside, key=lambda r: (r["score"], -r["cost_mmacs"]))
     arch, size = best["arch"], plan["train_size"]
+    baseline = None
+    if cfg["select"]["baseline"]:  # random paths of the same cost, scored the same way (inherited weights)
+        from ..baseline import same_cost_archs
+        try:
+            rand = same_cost_archs(space, arch, n=cfg["select"]["baseline"], rng=np.random.RandomState(cfg["seed"]),
+                                   metric="macs", image_size=size, num_classes=num_classes)
+        except ValueError:
+            rand = []
+        if rand:
+            rscores = score_paths(space, supernet, rand, bn_batches, score_loader, ctx)
+            baseline = {"archs": rand, "scores": rscores, "mean_score": float(np.mean(rscores)),
+                        "costs_mmacs": [cs.path_cost(tables["flops_dict"], tables["fixed"], a) for a in rand]}
     if job is None:
         from types import SimpleNamespace
         job = SimpleNamespace(cfg=cfg, run_dir=run_dir, ctx=ctx, method=METHOD)
@@ -371,8 +388,9 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
                                     "heldout_top1": best["score"], "candidates": source, "sta_num": plan["sta_num"],
                                     "resolution": size, "num_classes": num_classes})
     if ctx.is_main:
-        (run_dir / "board.json").write_text(json.dumps({"selected": best, "candidates": source, "paths": rows},
-                                                       indent=1))
+        (run_dir / "board.json").write_text(json.dumps({"selected": best, "candidates": source, "paths": rows,
+                                                        "baseline_same_cost": baseline,
+                                                        "processes": ctx.world_size}, indent=1))
         try:
             plot_board(run_dir)
         except Exception as e:  # a figure never fails a run
@@ -380,9 +398,11 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
             warnings.warn(f"board figure not drawn: {e}")
     ctx.barrier()
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": arch,
-            "cost_mmacs": best["cost_mmacs"], "score": best["score"], "board": rows,
+            "cost_mmacs": best["cost_mmacs"], "score": best["score"], "board": rows, "baseline": baseline,
             "summary": f"{cfg['name']}: {best['cost_mmacs']:.3g} MMACs at {size}px, held-out top-1 "
-                       f"{best['score']:.1f} % (inherited weights, {len(rows)} {source} paths scored)"}
+                       f"{best['score']:.1f} % (inherited weights, {len(rows)} {source} paths scored)"
+                       + (f"; {len(baseline['scores'])} random paths of the same cost: {baseline['mean_score']:.1f} %"
+                          if baseline else "")}
 
 
 def plot_board(run_dir) -> Optional[Path]:
@@ -398,7 +418,7 @@ def plot_board(run_dir) -> Optional[Path]:
     n = max(1, len(rows))
     for i, r in enumerate(rows):
         ax.scatter([e["cost"] for e in r["board"]], [e["score"] for e in r["board"]], s=14,
-                   color=cmap(i / max(1, n - 1)), label=f"epoch {r['epoch']}" if i in (0, n - 1) else None)
+                   color=cmap(i / max(1, n - 1)), label=f"epoch {r['epoch']}")
     final = json.loads((run_dir / "board.json").read_text())
     sel = final["selected"]
     ax.scatter([sel["cost_mmacs"]], [sel["score"]], marker="*", s=160, color="red", label="selected")

@@ -163,10 +163,11 @@ def sample_path(rng: np.random.RandomState, depths: Sequence[int], prob: Optiona
 
 
 def cream_space(layers: Sequence[int] = (4, 4, 5, 4, 4), image_size: int = 224, drop_rate: float = 0.2,
-                drop_path_rate: float = 0.0) -> MBConvChainSpace:
-    """The Cream space with `layers` layers per searched stage, as an MBConv chain space."""
+                drop_path_rate: float = 0.0, strides: Sequence[int] = STRIDES) -> MBConvChainSpace:
+    """The Cream space with `layers` layers per searched stage, as an MBConv chain space. `strides` (first stride of
+    each searched stage) is the official 2/2/2/1/2 except for small-image demos."""
     return MBConvChainSpace(
-        stages=[(w, st, int(n)) for w, st, n in zip(WIDTHS, STRIDES, layers)], ops=OPS, stem_size=STEM_SIZE,
+        stages=[(w, int(st), int(n)) for w, st, n in zip(WIDTHS, strides, layers)], ops=OPS, stem_size=STEM_SIZE,
         head_blocks=(STEM_BLOCK,), tail_blocks=(TAIL_BLOCK,), num_features=NUM_FEATURES,
         act_layer=FAMILY_ARCH["act_layer"], model="mobilenetv3", bn_eps=FAMILY_ARCH["bn_eps"],
         se_layer=dict(FAMILY_ARCH["se_layer"]), se_from_exp=True, head_bias=True, image_size=image_size,
