@@ -99,6 +99,17 @@ def test_own_cost_tables_price_the_built_child_exactly():
         count_macs(child, (3, 64, 64)) / 1e6 - classifier, rel=1e-9)
 
 
+@pytest.mark.parametrize("name,sta_num,layers", [("cream_demo.yaml", [1, 1, 3, 1, 1], [1, 1, 3, 1, 1]),
+                                                 ("cream_imagenet.yaml", [4, 4, 4, 4, 4], [4, 4, 5, 4, 4])])
+def test_shipped_configs_pass_the_checks_and_plan_their_depths(name, sta_num, layers):
+    from nas_zoo.search.config import load_config
+    cfg, source = load_config(REPO / "configs" / "search" / name, cream_method.SCHEMA, [])
+    cream_method.check_config(cfg, source)
+    plan = cream_method.plan_space(cfg, 10, source)
+    assert plan["sta_num"] == sta_num and plan["layers"] == layers
+    assert plan["train_size"] == cfg["data"]["image_size"]
+
+
 def test_linear_decay_is_a_function_of_the_step():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"params": [p], "lr": 1.0}, {"params": [], "lr": 1e-4}], lr=1.0)

@@ -142,11 +142,8 @@ def check_config(cfg: dict, source: str) -> None:
         raise ConfigError(source, "search.pre_prob", f"expected {len(cs.CHOICES)} probabilities summing to 1, got {p!r}")
     if cfg["select"]["bn_batches"] < 1 or cfg["select"]["batch_size"] < 1:
         raise ConfigError(source, "select", "bn_batches and batch_size must be positive")
-    if not isinstance(cfg["data"], dict):
-        raise ConfigError(source, "data", "expected a mapping")
-    from ..data import DataConfig, build_dataset
-    num_classes = build_dataset(DataConfig.from_dict(cfg["data"], where="data"), "train").num_classes
-    plan_space(cfg, num_classes, source)  # an infeasible FLOPs interval fails here, before training
+    # an infeasible FLOPs interval fails here, before training (the classifier is not in the costs: any class count)
+    plan_space(cfg, 1000, source)
 
 
 class LinearDecay:
