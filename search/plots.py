@@ -160,8 +160,11 @@ def plot_run(run_dir: PathLike) -> Path:
         meta = json.loads((run_dir / "population.json").read_text())
         return plot_population(meta["history"], run_dir / "population.png", budget=meta.get("budget"),
                                unit=meta.get("unit", "MMACs"), chosen=meta.get("chosen"))
-    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/, alpha_history.json or "
-                            "population.json) nor a finished training run (metrics.json)")
+    if (run_dir / "entry.yaml").exists() and (run_dir / "board.json").exists():  # a Cream search
+        from .methods.cream import plot_board
+        return plot_board(run_dir)
+    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/ or board.json, "
+                            "alpha_history.json or population.json) nor a finished training run (metrics.json)")
 
 
 OP_NAMES = ("3x3", "5x5", "7x7", "xception")
