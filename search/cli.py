@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
+    p = sub.add_parser("cdarts", help="CDARTS: cyclic search/evaluation networks on DARTS cells",
+                       description="Run CDARTS end to end: pretrain the search network, then cycles of evaluation-"
+                                   "network warm-up and joint steps; writes RUN_DIR/entry.yaml (darts_cell).")
+    p.add_argument("--config", required=True, help="YAML config (see configs/search/cdarts_*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+
     p = sub.add_parser("train", help="train an entry (or any timm model) from scratch",
                        description="Train ENTRY_OR_NAME from scratch with timm's optimizer, scheduler, EMA, losses "
                                    "and the data pipeline of the config.")
@@ -130,6 +137,25 @@ def run_dna_command(config, out: Optional[str], overrides: List[str]) -> dict:
     return result
 
 
+def run_cdarts_command(config, out: Optional[str], overrides: List[str]) -> dict:
+    from .config import load_config
+    from .data import DataConfig
+    from .engine import setup_distributed
+    from .methods import cdarts
+
+    cfg, source = load_config(config, cdarts.SCHEMA, overrides)
+    DataConfig.from_dict(cfg["data"], where="data")
+    cdarts.check_config(cfg, source)
+    ctx = setup_distributed(cfg["engine"]["device"])
+    _threads(cfg)
+    run_dir = Path(out or Path("runs") / cfg["name"])
+    _write_once(run_dir, cfg, {"command": "cdarts"}, ctx)
+    result = cdarts.run_cdarts(cfg, run_dir, ctx, source=source)
+    if ctx.is_main:
+        print(f"searched {result['name']}: {result['genotype']}\n  entry: {result['entry']}")
+    return result
+
+
 def run_train_command(model: str, config, out: Optional[str], overrides: List[str]) -> dict:
     from .config import load_config
     from .data import DataConfig
@@ -162,6 +188,8 @@ def resume(run_dir: str) -> dict:
     resolved = run_dir / "resolved.yaml"
     if record.get("command") == "dna":
         return run_dna_command(resolved, str(run_dir), [])
+    if record.get("command") == "cdarts":
+        return run_cdarts_command(resolved, str(run_dir), [])
     if record.get("command") == "train":
         return run_train_command(record["model"], resolved, str(run_dir), [])
     raise ConfigError(str(run_dir / "run.json"), "command", f"unknown command {record.get('command')!r}")
@@ -194,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "dna":
             run_dna_command(args.config, args.out, args.overrides)
+        elif args.command == "cdarts":
+            run_cdarts_command(args.config, args.out, args.overrides)
         elif args.command == "train":
             run_train_command(args.model, args.config, args.out, args.overrides)
         elif args.command == "plot":
