@@ -194,3 +194,9 @@ def test_torchrun_two_gloo_processes(tmp_path):
     assert len(history) == 2
     state = torch.load(tmp_path / "two" / "search_state.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["alphas"].values())
+
+
+@pytest.mark.parametrize("name", ["cdarts_demo", "cdarts_cifar10", "cdarts_imagenet"])
+def test_shipped_configs_validate(name):
+    cfg, source = load_config(REPO / "configs" / "search" / f"{name}.yaml", cdarts.SCHEMA, [])
+    cdarts.check_config(cfg, source)

@@ -22,13 +22,13 @@ def _draw_cell(ax, nodes: Sequence, concat: Sequence[int], title: str) -> None:
     for i, node in enumerate(nodes):
         for j, (op, src) in enumerate(node):
             x0, x1 = xs[src], xs[i + 2]
-            height = 0.35 + 0.22 * (x1 - x0) * (1 if j == 0 else -1) / max(n, 1)
-            sign = 1 if j == 0 else -1
+            sign = 1 if j == 0 else -1  # first edge above the line, second below
             ax.annotate("", xy=(x1, 0.08 * sign), xytext=(x0, 0.08 * sign),
                         arrowprops=dict(arrowstyle="->", color=OP_COLOURS.get(op, "k"),
                                         connectionstyle=f"arc3,rad={-0.45 * sign}", lw=1.6))
-            ax.text((x0 + x1) / 2, sign * (height + 0.05 * (x1 - x0)), op, ha="center", va="center",
-                    fontsize=7, color=OP_COLOURS.get(op, "k"))
+            # the label at the arc's apex (half the arc3 control offset, rad * chord / 2)
+            ax.text((x0 + x1) / 2, sign * (0.12 + 0.225 * (x1 - x0)), op, ha="center", va="center",
+                    fontsize=7, color=OP_COLOURS.get(op, "k"), bbox=dict(fc="white", ec="none", pad=0.5))
     for c in concat:
         ax.annotate("", xy=(xs["out"], -0.05), xytext=(xs[c], -0.05),
                     arrowprops=dict(arrowstyle="->", color="#bbbbbb", lw=0.6, connectionstyle="arc3,rad=0.15"))
