@@ -200,3 +200,36 @@ def test_torchrun_two_gloo_processes(tmp_path):
 def test_shipped_configs_validate(name):
     cfg, source = load_config(REPO / "configs" / "search" / f"{name}.yaml", cdarts.SCHEMA, [])
     cdarts.check_config(cfg, source)
+
+
+def test_space_cost_of_the_published_cifar_cell():
+    """The space's cost is the darts_cell network's: 3,859,318 params and 590.07 M MACs for the CDARTS CIFAR cell
+    at C=36, 20 cells (REPORT §1, official param_size / own MAC count)."""
+    from nas_zoo.genotype import parse_genotype
+    from nas_zoo.search.spaces.darts import DartsCellSpace
+    facts = json.loads((REPO / "tests" / "fixtures" / "cdarts" / "cdarts_cifar" / "facts.json").read_text())
+    space = DartsCellSpace("cifar", num_classes=10)
+    arch = parse_genotype(facts["genotype"]).to_dict()
+    space.check_arch(arch)
+    assert space.cost(arch, "params") == facts["num_params"] == 3859318
+    assert space.cost(arch, "macs") / 1e6 == pytest.approx(590.07, abs=0.01)
+
+
+def test_space_sample_mutate_crossover_stay_in_the_space():
+    from nas_zoo.search.spaces.darts import DartsCellSpace, SpaceError
+    space = DartsCellSpace("cifar")
+    rng = np.random.RandomState(0)
+    for _ in range(20):
+        a, b = space.sample(rng), space.sample(rng)
+        for arch in (a, space.mutate(a, rng, 0.5), space.crossover(a, b, rng)):
+            space.check_arch(arch)
+    assert space.mutate(a, rng, 0.0) == a
+    bad = json.loads(json.dumps(a))
+    bad["normal"][1][0][0] = "none"
+    with pytest.raises(SpaceError, match=r"normal\[1\]\[0\]"):
+        space.check_arch(bad)
+    bad["normal"][1] = [["sep_conv_3x3", 0], ["sep_conv_5x5", 0]]
+    with pytest.raises(SpaceError, match="two different states"):
+        space.check_arch(bad)
+    entry = space.entry_arch(a)
+    assert entry["init_channels"] == 36 and entry["cells_per_stage"] == [7, 7, 6]

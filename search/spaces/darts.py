@@ -20,6 +20,7 @@ entry written at the end is built from the very same code.
 """
 from __future__ import annotations
 
+import copy
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -28,13 +29,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nas_zoo.families.darts_cell import (OPS, PRIMITIVES, DartsCell, FactorizedReduce, ReLUConvBN, _map_cell_key,
+from nas_zoo.families.darts_cell import (OPS, PRIMITIVES, DartsCell, DartsCellNet, FactorizedReduce, ReLUConvBN, _map_cell_key,
                                          _STEM_KEYS, build_stem, network_plan)
 from nas_zoo.genotype import Genotype, genotype_from_data
 
 __all__ = ["MixedOp", "SearchCell", "DistillHead", "Alphas", "CdartsNetwork", "derive_genotype", "alpha_l1",
            "regulariser_decay", "interactive_loss", "INTERACTIVE_TYPES", "REGULARISED_OPS", "LAYOUTS",
-           "from_official_state_dict", "random_genotype"]
+           "from_official_state_dict", "random_genotype", "DartsCellSpace", "SpaceError"]
 
 N_NODES = 4
 REGULARISED_OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
@@ -442,3 +443,106 @@ def from_official_state_dict(state: Dict[str, torch.Tensor], net: CdartsNetwork)
             raise KeyError(f"official CDARTS key {key!r} has no counterpart")
         net_state[new] = value
     return net_state, alpha_state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the space as data (framework Space contract): an arch is a genotype mapping (Genotype.to_dict())
+
+
+class SpaceError(ValueError):
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"{field}: {problem}")
+
+
+class DartsCellSpace:
+    """The DARTS cell space of the `darts_cell` family. An arch is the genotype mapping; `entry_arch` places it in
+    the family's network at the retrain layout (`layout` + overrides), `cost` counts that network's MACs or
+    params (nas_zoo.cost, on the meta device)."""
+
+    name = "darts_cell"
+    family = "darts_cell"
+    OPS = tuple(p for p in PRIMITIVES if p != "none")
+
+    def __init__(self, layout: str = "cifar", num_classes: int = 10, **entry_overrides):
+        self.layout, self.num_classes = layout, num_classes
+        recipe = {"cifar": dict(stem="cifar", init_channels=36, stem_multiplier=3, cells_per_stage=[7, 7, 6],
+                                drop_path_rate=0.3),
+                  "imagenet": dict(stem="imagenet", init_channels=48, stem_multiplier=1,
+                                   cells_per_stage=[5, 5, 4], drop_path_rate=0.0)}[layout]
+        self.entry_layout = {**recipe, **{k: v for k, v in entry_overrides.items() if v is not None}}
+        self.image_size = 32 if layout == "cifar" else 224
+
+    def sample(self, rng: np.random.RandomState) -> dict:
+        return random_genotype(rng).to_dict()
+
+    def check_arch(self, arch) -> None:
+        from nas_zoo.genotype import GenotypeError
+        try:
+            g = genotype_from_data(arch)
+        except GenotypeError as e:
+            raise SpaceError(e.where or "genotype", e.problem) from None
+        for kind in ("normal", "reduce"):
+            nodes = getattr(g, kind)
+            if len(nodes) != N_NODES:
+                raise SpaceError(kind, f"expected {N_NODES} nodes, got {len(nodes)}")
+            for i, node in enumerate(nodes):
+                if len(node) != 2 or len({src for _, src in node}) != 2:
+                    raise SpaceError(f"{kind}[{i}]", "expected two edges from two different states")
+                for j, (op, src) in enumerate(node):
+                    if op == "none":
+                        raise SpaceError(f"{kind}[{i}][{j}]", "'none' is never selected in this space")
+                    if not 0 <= src < i + 2:
+                        raise SpaceError(f"{kind}[{i}][{j}]", f"source {src} is not an earlier state (0..{i + 1})")
+
+    def mutate(self, arch, rng: np.random.RandomState, prob: float) -> dict:
+        """Each edge independently with probability `prob`: a new op, or (half the time) a new source."""
+        g = genotype_from_data(arch).to_dict()
+        for kind in ("normal", "reduce"):
+            for i, node in enumerate(g[kind]):
+                for j in range(2):
+                    if rng.rand() >= prob:
+                        continue
+                    if rng.rand() < 0.5:
+                        node[j][0] = self.OPS[rng.randint(len(self.OPS))]
+                    else:
+                        other = node[1 - j][1]
+                        node[j][1] = int(rng.choice([s for s in range(i + 2) if s != other]))
+        return genotype_from_data(g).to_dict()
+
+    def crossover(self, a, b, rng: np.random.RandomState) -> dict:
+        """Node-wise uniform crossover (a node keeps both its edges from one parent)."""
+        ga, gb = genotype_from_data(a).to_dict(), genotype_from_data(b).to_dict()
+        out = copy.deepcopy(ga)
+        for kind in ("normal", "reduce"):
+            out[kind] = [copy.deepcopy(ga[kind][i] if rng.rand() < 0.5 else gb[kind][i]) for i in range(N_NODES)]
+        return genotype_from_data(out).to_dict()
+
+    def entry_arch(self, arch) -> dict:
+        return {**copy.deepcopy(self.entry_layout), "genotype": genotype_from_data(arch).to_dict()}
+
+    def cost(self, arch, metric: str = "macs", image_size: Optional[int] = None) -> float:
+        from nas_zoo.cost import count_macs, count_params
+        from nas_zoo.families.darts_cell import model_kwargs
+        with torch.device("meta"):
+            model = DartsCellNet(num_classes=self.num_classes, **model_kwargs(self.entry_arch(arch)))
+        if metric == "params":
+            return float(count_params(model))
+        if metric != "macs":
+            raise ValueError(f"metric must be 'macs' or 'params', got {metric!r}")
+        size = image_size or self.image_size
+        return float(count_macs(model, (3, size, size)))
+
+    def same_cost(self, arch, rng: np.random.RandomState, n: int = 3, metric: str = "params",
+                  tolerance: float = 0.1, max_draws: int = 5000) -> List[dict]:
+        """`n` random archs whose cost is within `tolerance` (relative) of `arch`'s: the honest baseline."""
+        target = self.cost(arch, metric)
+        out = []
+        for _ in range(max_draws):
+            cand = self.sample(rng)
+            if abs(self.cost(cand, metric) - target) <= tolerance * target:
+                out.append(cand)
+                if len(out) == n:
+                    return out
+        raise SpaceError("tolerance", f"only {len(out)} of {n} random archs within {tolerance:.0%} of {target:g} "
+                                      f"{metric} after {max_draws} draws")
