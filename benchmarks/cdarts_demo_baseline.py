@@ -14,6 +14,7 @@ def main(argv=None):
     from nas_zoo.entry import load_entry
     from nas_zoo.search.config import load_config
     from nas_zoo.search.engine import setup_distributed
+    from nas_zoo.search.baseline import same_cost_archs
     from nas_zoo.search.spaces.darts import DartsCellSpace
     from nas_zoo.search.train import TRAIN_SCHEMA, run_training
 
@@ -35,7 +36,7 @@ def main(argv=None):
     space = DartsCellSpace(layout, num_classes=num_classes, **{k: v for k, v in found.arch.items() if k != "genotype"})
     rng = np.random.RandomState(args.seed)
     entries = [("found", run_dir / "entry.yaml")]
-    for k, genotype in enumerate(space.same_cost(found.arch["genotype"], rng, n=args.n, metric="params",
+    for k, genotype in enumerate(same_cost_archs(space, found.arch["genotype"], n=args.n, rng=rng, metric="params",
                                                  tolerance=args.tolerance), start=1):
         data = {"name": f"{found.name}_random{k}", "family": "darts_cell", "arch": space.entry_arch(genotype),
                 "description": "random genotype of the same cost (baseline)"}

@@ -105,7 +105,9 @@ def test_config_errors_name_the_field(tmp_path, key, value, match):
 
 def test_class_stratified_split(tmp_path):
     cfg, source = _load(tiny_cdarts_config(), tmp_path)
-    run = cdarts._Run(cfg, tmp_path / "run", cdarts.DistContext(), source)
+    from nas_zoo.search.methods import Job
+    run = cdarts._Run(Job(method=cdarts.METHOD, cfg=cfg, run_dir=tmp_path / "run", ctx=cdarts.DistContext(),
+                          source=source))
     a = np.bincount([int(run.train_ds[i][1]) for i in range(len(run.train_ds))], minlength=4)
     b = np.bincount([int(run.held_ds[i][1]) for i in range(len(run.held_ds))], minlength=4)
     assert len(run.train_ds) + len(run.held_ds) == 192
@@ -126,8 +128,9 @@ def reference_run(tmp_path_factory):
 
 def test_run_writes_an_entry_timm_builds_and_the_genotype_history(reference_run):
     log = [json.loads(line) for line in (reference_run / "log.jsonl").read_text().splitlines()]
-    assert [r["phase"] for r in log] == ["pretrain", "warmup", "joint", "warmup", "joint"]
-    joint = [r for r in log if r["phase"] == "joint"]
+    log = [r for r in log if "plan_phase" in r]
+    assert [r["plan_phase"] for r in log] == ["pretrain", "warmup", "joint", "warmup", "joint"]
+    joint = [r for r in log if r["plan_phase"] == "joint"]
     assert joint[0]["reg_decay"] == pytest.approx(5.0) and joint[1]["reg_decay"] < 5.0
     history = json.loads((reference_run / "genotype_history.json").read_text())
     assert [h["cycle"] for h in history] == [0, 1]
@@ -147,21 +150,27 @@ def _kill_when(tmp_path, name, phase):
     run_dir = tmp_path / name
     proc = subprocess.Popen([sys.executable, "-m", "nas_zoo.search.cli", "cdarts", "--config", str(config), "--out",
                              str(run_dir)], env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    position = run_dir / "ckpt" / "position.json"
+    ckpt = run_dir / "ckpt" / "search.pt"
+    target_epoch = {"warmup": 3, "joint": 4}[phase]  # plan: pretrain, warmup 0, joint 0, warmup 1, joint 1
+
+    def position():
+        try:
+            loop = torch.load(ckpt, weights_only=True)["loop"]
+        except Exception:  # not written yet
+            return None
+        return loop["epoch"], loop["phase_name"], loop["batch_in_phase"]
+
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        try:
-            p = json.loads(position.read_text())
-        except (OSError, ValueError):
-            p = {}
-        if p.get("phase") == phase and p.get("batch", 0) >= 1 and p.get("cycle") == 1:
+        p = position()
+        if p is not None and p[0] == target_epoch and p[1] == phase and p[2] >= 1:
             break
-        time.sleep(0.01)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "entry.yaml").exists(), "the run finished before it could be killed"
-    p = json.loads(position.read_text())
-    assert p["phase"] == phase and p["batch"] >= 1, p
+    p = position()
+    assert p[0] == target_epoch and p[1] == phase and p[2] >= 1, p
     return run_dir
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -27,14 +26,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...io import atomic_write_text
 from ..config import ConfigError, Opt
-from ..engine import (DistContext, NonFiniteLossError, RunLogger, get_rng_state, load_checkpoint, progress,
-                      save_checkpoint, seed_everything, set_rng_state)
-from ..spaces.darts import (INTERACTIVE_TYPES, LAYOUTS, Alphas, CdartsNetwork, derive_genotype, regulariser_decay)
+from ..engine import DistContext, Loop, Phase, all_reduce_grads, save_checkpoint, seed_everything
+from ..spaces.darts import (INTERACTIVE_TYPES, LAYOUTS, Alphas, CdartsNetwork, DartsCellSpace, derive_genotype,
+                            regulariser_decay)
 from ..train import ENGINE_SECTION
+from . import Method
 from .cdarts_steps import StepConfig, all_parameters, joint_step, make_optimizers
 
-__all__ = ["SCHEMA", "check_config", "run_cdarts", "RETRAIN"]
+__all__ = ["SCHEMA", "check_config", "run", "METHOD", "RETRAIN", "entry_space"]
 
 # The paper's retrain recipe (CDARTS retrain.py + the CyDAS scripts, REPORT §3.3), recorded in the entry.
 RETRAIN = {
@@ -100,12 +101,6 @@ SCHEMA = {
 }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _layout(cfg: dict) -> dict:
     sp = cfg["space"]
     base = LAYOUTS[sp["layout"]]
@@ -145,6 +140,9 @@ def check_config(cfg: dict, source: str) -> None:
         raise ConfigError(source, "search.regular_ratio", f"expected a fraction in (0, 1], got {s['regular_ratio']}")
     if s["temperature"] <= 0 or s["loss_alpha"] <= 0:
         raise ConfigError(source, "search.temperature", "temperature and loss_alpha must be positive")
+    if cfg["engine"]["amp"]:
+        raise ConfigError(source, "engine.amp", "CDARTS clips every gradient together at search.clip, which needs "
+                                                "unscaled gradients: run it without AMP")
     if cfg["data"].get("val_fraction") is not None:
         raise ConfigError(source, "data.val_fraction", "CDARTS splits the training data itself (search.split); "
                                                        "leave data.val_fraction unset")
@@ -169,20 +167,6 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def _all_reduce_grads(params, ctx: DistContext) -> None:
-    """Average the gradients over the processes (what DDP does), one flat buffer."""
-    if not ctx.distributed:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = ctx.all_reduce_mean(torch.cat([g.reshape(-1) for g in grads]))
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
 def _plan(cfg: dict) -> List[dict]:
     """The run's epochs in order: (phase, cycle, epoch within the phase)."""
     s = cfg["search"]
@@ -193,280 +177,234 @@ def _plan(cfg: dict) -> List[dict]:
     return plan
 
 
+class _Loader:
+    """A loader capped at the epoch's step count (sample_ratio); its ResumableSampler lets the Loop start inside."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps, self.sampler = loader, steps, loader.sampler
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return iter(self.loader)
+
+
+class CycleState:
+    """What the run decides as it goes (same on every rank): the genotype, when its evaluation network was built,
+    the genotype history. Restored before the modules are rebuilt (the Loop's two-stage restore)."""
+
+    def __init__(self, genotype):
+        self.genotype = genotype
+        self.cycle_started = -1
+        self.history: List[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"genotype": self.genotype.to_dict(), "cycle_started": self.cycle_started,
+                "history": json.dumps(self.history)}
+
+    def load_state_dict(self, d: dict) -> None:
+        from ...genotype import genotype_from_data
+        self.genotype = genotype_from_data(d["genotype"])
+        self.cycle_started = int(d["cycle_started"])
+        self.history = json.loads(d["history"])
+
+
 class _Run:
-    def __init__(self, cfg: dict, run_dir: Path, ctx: DistContext, source: str):
+    def __init__(self, job):
         from ..data import DataConfig, build_dataset, create_loader
-        self.cfg, self.run_dir, self.ctx, self.source = cfg, Path(run_dir), ctx, source
+        cfg, ctx, source = job.cfg, job.ctx, job.source
+        self.job, self.cfg, self.ctx = job, cfg, ctx
         s = cfg["search"]
         if s["batch_size"] % ctx.world_size:
             raise ConfigError(source, "search.batch_size", f"{s['batch_size']} is not divisible by "
                                                            f"{ctx.world_size} processes")
         self.per_rank = s["batch_size"] // ctx.world_size
-        data = dict(cfg["data"], val_fraction=s["split"])
-        self.data_cfg = DataConfig.from_dict(data, where="data")
+        self.data_cfg = DataConfig.from_dict(dict(cfg["data"], val_fraction=s["split"]), where="data")
         self.train_ds = build_dataset(self.data_cfg, "train")     # the class-stratified halves
         self.held_ds = build_dataset(self.data_cfg, "val")
         self.num_classes = self.train_ds.num_classes
         self._create_loader = create_loader
-        self.ckpt_path = self.run_dir / "ckpt" / "search.pt"
-        self.logger = RunLogger(self.run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
         self.step_cfg = StepConfig(interactive=s["interactive"], temperature=s["temperature"],
                                    loss_alpha=s["loss_alpha"],
                                    reg_count=3 if cfg["official"]["reg_count_per_stage"] else 1, clip=s["clip"])
         seed_everything(cfg["seed"])  # the same initial weights and alphas in every process
-        lay = _layout(cfg)
-        self.net = CdartsNetwork(self.num_classes, **lay).to(ctx.device)
+        self.net = CdartsNetwork(self.num_classes, **_layout(cfg)).to(ctx.device)
         self.alphas = Alphas(generator=torch.Generator().manual_seed(cfg["seed"] + 1)).to(ctx.device)
         if s["fix_head"]:
             self.net.fix_heads()
         self.plan = _plan(cfg)
-        self.position = dict(index=0, batch=0)
-        self.history: List[dict] = []
-        self.genotype, _ = derive_genotype(self.alphas)
-        self.optimizers: Dict[str, torch.optim.Optimizer] = {}
-        self.cycle_started = -1   # the cycle whose evaluation network is built and inherited
-        self.records: List[dict] = []
+        self.state = CycleState(derive_genotype(self.alphas)[0])
+        self.loop = None
 
-    # -- optimizers ---------------------------------------------------------------------------------------------
+    # -- optimizers, cycles ---------------------------------------------------------------------------------------
 
-    def _make_optimizers(self, keep: bool) -> None:
+    def _optimizers(self, keep: bool) -> Dict[str, torch.optim.Optimizer]:
         s = self.cfg["search"]
         new = make_optimizers(self.net, self.alphas, s["w_lr"], s["eval_lr"], s["alpha_lr"], s["w_weight_decay"],
                               s["alpha_weight_decay"], s["momentum"])
-        if keep and self.optimizers:  # the search SGD and the alpha Adam carry their state across cycles
-            new["search"], new["arch"] = self.optimizers["search"], self.optimizers["arch"]
-        self.optimizers = new
+        if keep and self.loop is not None and self.loop.optimizers:
+            # the search SGD and the alpha Adam carry their state across cycles (their parameters persist)
+            new["search"], new["arch"] = self.loop.optimizers["search"], self.loop.optimizers["arch"]
+        return new
 
-    def _lrs(self, item: dict) -> None:
+    def build(self, loop) -> None:
+        """Fresh start or stage 2 of a restore: the evaluation network of the saved cycle, then the optimizers."""
+        if self.state.cycle_started >= 0:
+            self.net.build_eval(self.state.genotype)
+            self.net.to(self.ctx.device)
+        loop.optimizers.clear()
+        loop.optimizers.update(self._optimizers(keep=False))
+
+    def _start_cycle(self, loop, cycle: int) -> None:
+        """Evaluation network of the current genotype, inherited from the pool; this cycle's optimizers."""
+        self.net.build_eval(self.state.genotype)
+        self.net.inherit_from_pool(official_break=self.cfg["official"]["copy_break"])
+        self.net.to(self.ctx.device)
+        optimizers = self._optimizers(keep=not self.cfg["official"]["reset_optimizers"])
+        loop.optimizers.clear()
+        loop.optimizers.update(optimizers)
+        self.state.cycle_started = cycle
+
+    def on_epoch_start(self, loop, epoch: int) -> None:
+        item = self.plan[epoch]
+        if item["phase"] != "pretrain" and self.state.cycle_started != item["cycle"]:
+            self._start_cycle(loop, item["cycle"])
         s, o = self.cfg["search"], self.cfg["official"]
         if o["constant_lr"]:
             return
-        total_iters = s["pretrain_epochs"] + s["cycles"]
         outer = item["epoch"] if item["phase"] == "pretrain" else s["pretrain_epochs"] + item["cycle"]
-        _set_lr(self.optimizers["search"], _cosine(s["w_lr"], s["w_lr_min"], outer, total_iters))
+        _set_lr(loop.optimizers["search"], _cosine(s["w_lr"], s["w_lr_min"], outer, s["pretrain_epochs"] + s["cycles"]))
         if item["phase"] != "pretrain":
-            _set_lr(self.optimizers["eval"], _cosine(s["eval_lr"], s["w_lr_min"], item["cycle"], s["cycles"]))
+            _set_lr(loop.optimizers["eval"], _cosine(s["eval_lr"], s["w_lr_min"], item["cycle"], s["cycles"]))
 
-    def _start_cycle(self, cycle: int) -> None:
-        """Evaluation network of the current genotype, inherited from the pool; this cycle's optimizers."""
-        self.net.build_eval(self.genotype)
-        self.net.inherit_from_pool(official_break=self.cfg["official"]["copy_break"])
-        self.net.to(self.ctx.device)
-        self._make_optimizers(keep=not self.cfg["official"]["reset_optimizers"])
-        self.cycle_started = cycle
+    def on_epoch_end(self, loop, epoch: int, record: dict) -> None:
+        item = self.plan[epoch]
+        record.update(plan_phase=item["phase"], cycle=item["cycle"], epoch_in_phase=item["epoch"])
+        if item["phase"] == "joint":
+            record["reg_decay"] = self._reg_decay(item)
+        if item["phase"] == "joint" and item["epoch"] == self.cfg["search"]["joint_epochs"] - 1:
+            genotype, _ = derive_genotype(self.alphas)
+            self.state.genotype = genotype
+            self.net.write_back_to_pool(official_break=self.cfg["official"]["copy_break"])
+            self.state.history.append({
+                "cycle": item["cycle"], "genotype": genotype.to_dict(),
+                "alpha_normal": [F.softmax(a.detach(), -1).cpu().tolist() for a in self.alphas.normal],
+                "alpha_reduce": [F.softmax(a.detach(), -1).cpu().tolist() for a in self.alphas.reduce]})
+            record["genotype"] = genotype.to_str()
 
-    # -- checkpoint ---------------------------------------------------------------------------------------------
+    # -- loaders, steps -----------------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        return {"format": "nas_zoo.search/cdarts-v1", "position": dict(self.position),
-                "genotype": self.genotype.to_dict(), "cycle_started": self.cycle_started,
-                "history": copy.deepcopy(self.history), "records": copy.deepcopy(self.records),
-                "net": self.net.state_dict(), "alphas": self.alphas.state_dict(),
-                "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
-                "rng": get_rng_state(), "world_size": self.ctx.world_size}
-
-    def save(self) -> None:
-        state = self.state_dict()
-        rngs = self.ctx.all_gather_object(state["rng"]) if self.ctx.distributed else [state["rng"]]
-        state["rng"] = rngs
-        if self.ctx.is_main:
-            save_checkpoint(state, self.ckpt_path)
-            item = self.plan[min(self.position["index"], len(self.plan) - 1)] if self.plan else {}
-            atomic_write_text(self.ckpt_path.with_name("position.json"),
-                              json.dumps({**self.position, "of": len(self.plan), **item}))
-        self.ctx.barrier()
-
-    def restore(self) -> bool:
-        if not self.ckpt_path.exists():
-            return False
-        from ...genotype import genotype_from_data
-        from ..engine import RunError
-        ckpt = load_checkpoint(self.ckpt_path)
-        if ckpt.get("world_size") != self.ctx.world_size:
-            raise RunError(f"{self.ckpt_path}: saved with {ckpt.get('world_size')} processes, resumed with "
-                           f"{self.ctx.world_size}")
-        self.position = dict(ckpt["position"])
-        self.history, self.records = ckpt["history"], ckpt["records"]
-        self.genotype = genotype_from_data(ckpt["genotype"])
-        self.cycle_started = ckpt["cycle_started"]
-        # two-stage restore: the evaluation network of the saved cycle first, then every weight
-        if self.cycle_started >= 0:
-            self.net.build_eval(self.genotype)
-            self.net.to(self.ctx.device)
-        self.net.load_state_dict(ckpt["net"])
-        self.alphas.load_state_dict(ckpt["alphas"])
-        if self.cycle_started >= 0 or ckpt["optimizers"]:
-            self._make_optimizers(keep=False)
-            for k, v in ckpt["optimizers"].items():
-                self.optimizers[k].load_state_dict(v)
-        set_rng_state(ckpt["rng"][self.ctx.rank])
-        return True
-
-    # -- epochs -------------------------------------------------------------------------------------------------
-
-    def _loader(self, dataset, key: int, offset: int, start: int):
+    def _loader(self, dataset, epoch: int, offset: int, steps: int) -> _Loader:
         loader = self._create_loader(dataset, self.data_cfg, self.per_rank, train=True,
                                      workers=self.cfg["engine"]["workers"], distributed=self.ctx.distributed,
-                                     seed=self.cfg["seed"] + offset, epoch=key)
-        loader.sampler.set_epoch(key, start_batch=start)
-        return loader
+                                     seed=self.cfg["seed"] + offset, epoch=epoch)
+        loader.sampler.set_epoch(epoch)
+        return _Loader(loader, steps)
 
-    def _check(self, loss: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"non-finite {what} loss at plan item {self.position['index']}, "
-                                     f"batch {self.position['batch']}")
+    def _steps(self, *datasets) -> int:
+        return _steps(min(math.ceil(len(d) / self.ctx.world_size) // self.per_rank for d in datasets), self.cfg)
 
-    def _simple_step(self, x, y, search: bool) -> Dict[str, float]:
+    def _reg_decay(self, item: dict) -> float:
+        s = self.cfg["search"]
+        if not s["regular"]:
+            return 0.0
+        search_epoch = (s["pretrain_epochs"] + item["cycle"]) * s["joint_epochs"] + item["epoch"]
+        return regulariser_decay(search_epoch, s["regular_coeff"], s["pretrain_epochs"],
+                                 s["pretrain_epochs"] + s["cycles"], s["joint_epochs"], s["regular_ratio"])
+
+    def _ce_step(self, batch, search: bool) -> Dict[str, torch.Tensor]:
+        loop, ctx = self.loop, self.ctx
+        x, y = batch[0].to(ctx.device), batch[1].to(ctx.device)
         params = all_parameters(self.net, self.alphas)
         for p in params:
             p.grad = None
-        if search:
-            logits, _ = self.net.forward_search(x, self.alphas)
-        else:
-            logits, _ = self.net.forward_eval(x)
-        loss = F.cross_entropy(logits, y)
-        self._check(loss, "warm-up")
-        loss.backward()
-        _all_reduce_grads(params, self.ctx)
-        nn.utils.clip_grad_norm_(params, self.cfg["search"]["clip"])
-        self.optimizers["search" if search else "eval"].step()
-        return {"loss": float(loss.detach()), "top1": float((logits.argmax(1) == y).float().mean() * 100)}
+        with loop.autocast():
+            logits, _ = self.net.forward_search(x, self.alphas) if search else self.net.forward_eval(x)
+            loss = F.cross_entropy(logits, y)
+        loop.backward(loss)
+        all_reduce_grads(params, ctx)
+        nn.utils.clip_grad_norm_(params, self.cfg["search"]["clip"])  # every parameter together, as the official
+        loop.step("search" if search else "eval")
+        return {"loss": loss.detach(), "top1": (logits.argmax(1) == y).float().mean() * 100}
 
-    def _joint(self, held, train, reg_decay: float) -> Dict[str, float]:
-        ctx = self.ctx
+    def _joint_step(self, batch) -> Dict[str, torch.Tensor]:
+        loop, ctx = self.loop, self.ctx
+        (vx, vy), (tx, ty) = batch
+        held = (vx.to(ctx.device), vy.to(ctx.device))
+        train = (tx.to(ctx.device), ty.to(ctx.device))
         params = all_parameters(self.net, self.alphas)
-        seen = {}
 
         def observe(name, value):
             if name in ("a_grads", "b_grads"):
-                _all_reduce_grads(params, ctx)   # before the clip, as DDP's averaged gradients
-            elif name == "a":
-                self._check(value["loss"], "joint (a)")
-                seen["top1"] = float((value["logits_eval"].argmax(1) == held[1]).float().mean() * 100)
-        out = joint_step(self.net, self.alphas, self.optimizers, held, train, reg_decay, self.step_cfg, observe)
-        out["top1_eval"] = seen["top1"]
-        return out
+                all_reduce_grads(params, ctx)   # averaged before the clip, as DDP's gradients
 
-    def _epoch(self, item: dict, key: int) -> Dict[str, float]:
-        cfg, ctx = self.cfg, self.ctx
-        phase = item["phase"]
-        start = self.position["batch"]
-        device = ctx.device
-        s = cfg["search"]
-        if phase == "pretrain":
-            loaders = [self._loader(self.train_ds, key, 0, start)]
-        elif phase == "warmup":
-            loaders = [self._loader(self.held_ds, key, 1, start)]
-        else:
-            loaders = [self._loader(self.held_ds, key, 1, start), self._loader(self.train_ds, key, 0, start)]
-        sizes = [self.train_ds] if phase == "pretrain" else [self.held_ds] if phase == "warmup" else \
-            [self.held_ds, self.train_ds]
-        n_steps = _steps(min(math.ceil(len(d) / ctx.world_size) // self.per_rank for d in sizes), cfg)
-        reg_decay = 0.0
-        if phase == "joint" and s["regular"]:
-            search_epoch = (s["pretrain_epochs"] + item["cycle"]) * s["joint_epochs"] + item["epoch"]
-            reg_decay = regulariser_decay(search_epoch, s["regular_coeff"], s["pretrain_epochs"],
-                                          s["pretrain_epochs"] + s["cycles"], s["joint_epochs"], s["regular_ratio"])
-        self.net.train()
-        sums: Dict[str, float] = {}
-        batches = zip(*loaders)
-        step = start
-        for batch in progress(batches, ctx, total=max(n_steps - start, 0), desc=f"{phase} c{item['cycle']}"):
-            if step >= n_steps:
-                break
-            batch = [(x.to(device), y.to(device)) for x, y in batch]
-            if phase == "joint":
-                out = self._joint(batch[0], batch[1], reg_decay)
-            else:
-                out = self._simple_step(*batch[0], search=phase == "pretrain")
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + v
-            step += 1
-            self.position["batch"] = step
-            every = cfg["engine"]["ckpt_every"]
-            if every and step % every == 0 and step < n_steps:
-                self.save()
-        done = max(step - start, 1)
-        record = {k: v / done for k, v in sums.items()}
-        if phase == "joint":
-            record["reg_decay"] = reg_decay
-        return record
+        with loop.autocast():
+            return joint_step(self.net, self.alphas, loop.optimizers, held, train,
+                              self._reg_decay(self.plan[loop.epoch]), self.step_cfg, observe,
+                              backward=loop.backward, step=loop.step)
 
-    def run(self) -> Dict[str, Any]:
-        resumed = self.restore()
-        if resumed and self.ctx.is_main:
-            print(f"resumed {self.run_dir} at plan item {self.position['index']}, batch {self.position['batch']}")
-        s = self.cfg["search"]
-        if not self.optimizers:
-            self._make_optimizers(keep=False)
-        t0 = time.time()
-        while self.position["index"] < len(self.plan):
-            item = self.plan[self.position["index"]]
-            if item["phase"] != "pretrain" and self.cycle_started != item["cycle"]:
-                self._start_cycle(item["cycle"])
-            self._lrs(item)
-            record = self._epoch(item, key=self.position["index"])
-            record.update(phase=item["phase"], cycle=item["cycle"], epoch=item["epoch"])
-            last_of_cycle = item["phase"] == "joint" and item["epoch"] == s["joint_epochs"] - 1
-            if last_of_cycle:
-                self.genotype, _ = derive_genotype(self.alphas)
-                self.net.write_back_to_pool(official_break=self.cfg["official"]["copy_break"])
-                self.history.append({"cycle": item["cycle"], "genotype": self.genotype.to_dict(),
-                                     "alpha_normal": [F.softmax(a.detach(), -1).cpu().tolist()
-                                                      for a in self.alphas.normal],
-                                     "alpha_reduce": [F.softmax(a.detach(), -1).cpu().tolist()
-                                                      for a in self.alphas.reduce]})
-                record["genotype"] = self.genotype.to_str()
-            self.records.append(record)
-            self.logger.log(record, step=self.position["index"])
-            self.position = dict(index=self.position["index"] + 1, batch=0)
-            self.save()
-        self.logger.close()
-        return {"elapsed_s": time.time() - t0}
+    def run(self) -> List[dict]:
+        cfg, job = self.cfg, self.job
+        plan = self.plan
+        phase_of = lambda name: (lambda e: plan[e]["phase"] == name)  # noqa: E731
+        phases = [
+            Phase("pretrain", lambda e: self._loader(self.train_ds, e, 0, self._steps(self.train_ds)),
+                  lambda b: self._ce_step(b, search=True), when=phase_of("pretrain")),
+            Phase("warmup", lambda e: self._loader(self.held_ds, e, 1, self._steps(self.held_ds)),
+                  lambda b: self._ce_step(b, search=False), when=phase_of("warmup")),
+            # held-out and train batches in lock-step: step (a) on the first, step (b) on the second
+            Phase("joint", lambda e: (self._loader(self.held_ds, e, 1, self._steps(self.held_ds, self.train_ds)),
+                                      self._loader(self.train_ds, e, 0, self._steps(self.held_ds, self.train_ds))),
+                  self._joint_step, when=phase_of("joint")),
+        ]
+        self.loop = Loop(ctx=self.ctx, ckpt_path=job.ckpt("search"), epochs=len(plan), phases=phases,
+                         modules={"net": self.net, "alphas": self.alphas}, optimizers={},
+                         state={"cycle": self.state}, build=self.build, on_epoch_start=self.on_epoch_start,
+                         on_epoch_end=self.on_epoch_end, amp=cfg["engine"]["amp"], clip_grad=None,
+                         ckpt_every=cfg["engine"]["ckpt_every"], logger=job.logger, desc="cdarts")
+        return self.loop.run()
 
 
-def export_entry(cfg: dict, genotype, history: List[dict], run_dir: Path):
-    from ...entry import load_entry
+def entry_space(cfg: dict, num_classes: int) -> DartsCellSpace:
+    """The darts_cell space at the retrain layout the entry is written at (export.* overrides the recipe)."""
     layout = cfg["space"]["layout"]
-    recipe = RETRAIN[layout]
-    e = cfg["export"]
-    arch = {"stem": LAYOUTS[layout]["stem"], "init_channels": e["init_channels"] or recipe["init_channels"],
-            "stem_multiplier": recipe["stem_multiplier"],
-            "cells_per_stage": e["cells_per_stage"] or recipe["cells_per_stage"], "genotype": genotype.to_dict(),
-            "drop_path_rate": e["drop_path_rate"] if e["drop_path_rate"] is not None else recipe["drop_path_rate"]}
-    return load_entry({
-        "name": cfg["name"], "family": "darts_cell",
-        "description": f"DARTS cells searched by CDARTS (nas_zoo.search) on {cfg['data'].get('kind', 'data')}, "
-                       f"{cfg['search']['cycles']} cycles; retrain from scratch with the paper recipe.",
-        "arch": arch, "pretrained": {},
-        "provenance": {"method": "cdarts", "config": str(run_dir / "resolved.yaml"),
-                       "data": copy.deepcopy(cfg["data"]), "search_state": str(run_dir / "search_state.pt"),
-                       "retrain": dict(recipe), "genotype_history": [h["genotype"] for h in history]},
-    }, source=str(run_dir / "entry.yaml"))
+    recipe, e = RETRAIN[layout], cfg["export"]
+    return DartsCellSpace(layout, num_classes=num_classes, init_channels=e["init_channels"] or recipe["init_channels"],
+                          cells_per_stage=e["cells_per_stage"] or recipe["cells_per_stage"],
+                          drop_path_rate=e["drop_path_rate"])
 
 
-def run_cdarts(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>") -> Dict[str, Any]:
-    check_config(cfg, source)
-    run_dir = Path(run_dir)
-    run = _Run(cfg, run_dir, ctx, source)
-    timing = run.run()
-    entry = export_entry(cfg, run.genotype, run.history, run_dir)
+def run(job) -> Dict[str, Any]:
+    from ..export import write_entry
+    cfg, ctx, run_dir = job.cfg, job.ctx, Path(job.run_dir)
+    check_config(cfg, job.source)
+    t0 = time.time()
+    r = _Run(job)
+    history = r.run()
+    genotype, cycles = r.state.genotype, r.state.history
+    space = entry_space(cfg, r.num_classes)
+    entry = write_entry(job, space, genotype.to_dict(), description=(
+        f"DARTS cells searched by CDARTS (nas_zoo.search) on {cfg['data'].get('kind', 'data')}, "
+        f"{cfg['search']['cycles']} cycles; retrain from scratch with the paper recipe (provenance.retrain)."),
+        provenance={"search_state": str(run_dir / "search_state.pt"), "retrain": dict(RETRAIN[cfg["space"]["layout"]]),
+                    "genotype_history": [h["genotype"] for h in cycles]})
     if ctx.is_main:
-        save_checkpoint({"format": "nas_zoo.search/cdarts-state-v1", "net": run.net.state_dict(),
-                         "alphas": run.alphas.state_dict(), "genotype": run.genotype.to_dict()},
-                        run_dir / "search_state.pt")
-        atomic_write_text(run_dir / "genotype_history.json", json.dumps(run.history, indent=1))
-        entry.save(run_dir / "entry.yaml")
-        try:
-            from ..plots import have_matplotlib
-            if have_matplotlib():
-                from .cdarts_plots import plot_cdarts
-                plot_cdarts(run_dir, run.history)
-        except Exception as e:  # noqa: BLE001  (the run is saved; a figure is optional)
-            import warnings
-            warnings.warn(f"CDARTS figures not drawn: {type(e).__name__}: {e}")
+        save_checkpoint({"format": "nas_zoo.search/cdarts-state-v1", "net": r.net.state_dict(),
+                         "alphas": r.alphas.state_dict(), "genotype": genotype.to_dict()}, run_dir / "search_state.pt")
+        atomic_write_text(run_dir / "genotype_history.json", json.dumps(cycles, indent=1))
     ctx.barrier()
-    last_joint = [r for r in run.records if r["phase"] == "joint"]
-    return {"status": "done", "entry": str(run_dir / "entry.yaml"), "name": cfg["name"],
-            "genotype": run.genotype.to_str(), "history": [h["genotype"] for h in run.history],
-            "top1_eval": last_joint[-1].get("top1_eval") if last_joint else None, **timing}
+    joint = [h for h in history if h.get("plan_phase") == "joint"]
+    top1 = joint[-1].get("joint_top1_eval") if joint else None
+    summary = (f"searched {cfg['name']} in {time.time() - t0:.0f} s: {genotype.to_str()}"
+               + (f"\n  evaluation network top-1 on the held-out batches of the last joint epoch: {top1:.1f} %"
+                  if top1 is not None else "") + f"\n  entry: {entry}")
+    return {"status": "done", "entry": str(entry), "name": cfg["name"], "summary": summary,
+            "genotype": genotype.to_str(), "history": [h["genotype"] for h in cycles], "top1_eval": top1}
+
+
+METHOD = Method(
+    name="cdarts", help="CDARTS: cyclic search / evaluation networks on DARTS cells, ending in a darts_cell entry",
+    description="Run CDARTS end to end: pretrain the search network, then cycles of evaluation-network rebuild, "
+                "warm-up and joint steps; writes RUN_DIR/entry.yaml (family darts_cell, retrain width).",
+    schema=SCHEMA, check=check_config, run=run)

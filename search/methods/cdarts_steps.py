@@ -76,31 +76,36 @@ def step_b_loss(net: CdartsNetwork, alphas: Alphas, x, y) -> Dict[str, torch.Ten
 
 
 def joint_step(net: CdartsNetwork, alphas: Alphas, optimizers: Dict[str, torch.optim.Optimizer], held_out, train,
-               reg_decay: float, cfg: StepConfig, observe=None) -> Dict[str, float]:
+               reg_decay: float, cfg: StepConfig, observe=None, backward=None, step=None) -> Dict[str, torch.Tensor]:
     """Steps (a) then (b) on one held-out and one training batch. `observe(name, value)` sees the intermediate
-    results (the step tests use it): 'a' (the loss dict), 'a_grads' (before clipping), 'b', 'b_grads'."""
+    results (the step tests use it; the run averages gradients over processes there): 'a' (the loss dict),
+    'a_grads' (before clipping), 'b', 'b_grads'. `backward(loss)` / `step(name)` default to plain PyTorch (the
+    run passes the engine Loop's, which add AMP scaling)."""
+    backward = backward or (lambda loss: loss.backward())
+    step = step or (lambda name: optimizers[name].step())
     params = all_parameters(net, alphas)
     val_x, val_y = held_out
     trn_x, trn_y = train
     for p in params:
         p.grad = None
     a = step_a_loss(net, alphas, val_x, val_y, reg_decay, cfg)
-    a["loss"].backward()
+    backward(a["loss"])
     if observe is not None:
         observe("a", a)
         observe("a_grads", None)
     norm_a = nn.utils.clip_grad_norm_(params, cfg.clip)
-    optimizers["eval"].step()
-    optimizers["arch"].step()
+    step("eval")
+    step("arch")
     optimizers["search"].zero_grad(set_to_none=True)
     b = step_b_loss(net, alphas, trn_x, trn_y)
-    b["loss"].backward()
+    backward(b["loss"])
     if observe is not None:
         observe("b", b)
         observe("b_grads", None)
     nn.utils.clip_grad_norm_(params, cfg.clip)
-    optimizers["search"].step()
-    return {"loss": float(a["loss"].detach()), "loss_cls": float(a["loss_cls"].detach()),
-            "loss_interactive": float(a["loss_interactive"].detach()),
-            "loss_reg": float((a["reg_normal"] + a["reg_reduce"]).detach()), "grad_norm": float(norm_a),
-            "loss_search": float(b["loss"].detach())}
+    step("search")
+    return {"loss": a["loss"].detach(), "loss_cls": a["loss_cls"].detach(),
+            "loss_interactive": a["loss_interactive"].detach(),
+            "loss_reg": (a["reg_normal"] + a["reg_reduce"]).detach(), "grad_norm": norm_a.detach(),
+            "loss_search": b["loss"].detach(),
+            "top1_eval": (a["logits_eval"].argmax(1) == held_out[1]).float().mean() * 100}

@@ -33,9 +33,11 @@ from nas_zoo.families.darts_cell import (OPS, PRIMITIVES, DartsCell, DartsCellNe
                                          _STEM_KEYS, build_stem, network_plan)
 from nas_zoo.genotype import Genotype, genotype_from_data
 
+from . import Space, SpaceError, register_space
+
 __all__ = ["MixedOp", "SearchCell", "DistillHead", "Alphas", "CdartsNetwork", "derive_genotype", "alpha_l1",
            "regulariser_decay", "interactive_loss", "INTERACTIVE_TYPES", "REGULARISED_OPS", "LAYOUTS",
-           "from_official_state_dict", "random_genotype", "DartsCellSpace", "SpaceError"]
+           "from_official_state_dict", "random_genotype", "DartsCellSpace"]
 
 N_NODES = 4
 REGULARISED_OPS = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
@@ -449,13 +451,7 @@ def from_official_state_dict(state: Dict[str, torch.Tensor], net: CdartsNetwork)
 # the space as data (framework Space contract): an arch is a genotype mapping (Genotype.to_dict())
 
 
-class SpaceError(ValueError):
-    def __init__(self, field: str, problem: str):
-        self.field, self.problem = field, problem
-        super().__init__(f"{field}: {problem}")
-
-
-class DartsCellSpace:
+class DartsCellSpace(Space):
     """The DARTS cell space of the `darts_cell` family. An arch is the genotype mapping; `entry_arch` places it in
     the family's network at the retrain layout (`layout` + overrides), `cost` counts that network's MACs or
     params (nas_zoo.cost, on the meta device)."""
@@ -481,19 +477,19 @@ class DartsCellSpace:
         try:
             g = genotype_from_data(arch)
         except GenotypeError as e:
-            raise SpaceError(e.where or "genotype", e.problem) from None
+            raise SpaceError("<arch>", e.where or "genotype", e.problem) from None
         for kind in ("normal", "reduce"):
             nodes = getattr(g, kind)
             if len(nodes) != N_NODES:
-                raise SpaceError(kind, f"expected {N_NODES} nodes, got {len(nodes)}")
+                raise SpaceError("<arch>", kind, f"expected {N_NODES} nodes, got {len(nodes)}")
             for i, node in enumerate(nodes):
                 if len(node) != 2 or len({src for _, src in node}) != 2:
-                    raise SpaceError(f"{kind}[{i}]", "expected two edges from two different states")
+                    raise SpaceError("<arch>", f"{kind}[{i}]", "expected two edges from two different states")
                 for j, (op, src) in enumerate(node):
                     if op == "none":
-                        raise SpaceError(f"{kind}[{i}][{j}]", "'none' is never selected in this space")
+                        raise SpaceError("<arch>", f"{kind}[{i}][{j}]", "'none' is never selected in this space")
                     if not 0 <= src < i + 2:
-                        raise SpaceError(f"{kind}[{i}][{j}]", f"source {src} is not an earlier state (0..{i + 1})")
+                        raise SpaceError("<arch>", f"{kind}[{i}][{j}]", f"source {src} is not an earlier state (0..{i + 1})")
 
     def mutate(self, arch, rng: np.random.RandomState, prob: float) -> dict:
         """Each edge independently with probability `prob`: a new op, or (half the time) a new source."""
@@ -533,16 +529,25 @@ class DartsCellSpace:
         size = image_size or self.image_size
         return float(count_macs(model, (3, size, size)))
 
-    def same_cost(self, arch, rng: np.random.RandomState, n: int = 3, metric: str = "params",
-                  tolerance: float = 0.1, max_draws: int = 5000) -> List[dict]:
-        """`n` random archs whose cost is within `tolerance` (relative) of `arch`'s: the honest baseline."""
-        target = self.cost(arch, metric)
-        out = []
-        for _ in range(max_draws):
-            cand = self.sample(rng)
-            if abs(self.cost(cand, metric) - target) <= tolerance * target:
-                out.append(cand)
-                if len(out) == n:
-                    return out
-        raise SpaceError("tolerance", f"only {len(out)} of {n} random archs within {tolerance:.0%} of {target:g} "
-                                      f"{metric} after {max_draws} draws")
+    def cost_range(self, metric: str = "macs", image_size: Optional[int] = None) -> Tuple[float, float]:
+        """Cheapest / dearest: every edge a max-pool / a sep_conv_5x5 (the costliest op) from the cell inputs."""
+        def uniform(op):
+            nodes = [[[op, 0], [op, 1]] for _ in range(N_NODES)]
+            concat = list(range(2, 2 + N_NODES))
+            return dict(normal=nodes, normal_concat=concat, reduce=nodes, reduce_concat=concat)
+        return (self.cost(uniform("max_pool_3x3"), metric, image_size),
+                self.cost(uniform("sep_conv_5x5"), metric, image_size))
+
+    def supernet(self, num_classes: int) -> nn.Module:
+        """The CDARTS network (search network, evaluation network, pool) at the search layout."""
+        lay = LAYOUTS[self.layout]
+        return CdartsNetwork(num_classes, init_channels=16, stem=lay["stem"], stem_multiplier=lay["stem_multiplier"],
+                             search_cells_per_stage=lay["search_cells_per_stage"],
+                             eval_cells_per_stage=lay["eval_cells_per_stage"], head_pool=lay["head_pool"])
+
+    def child_state_dict(self, supernet_state, arch):
+        raise SpaceError("<arch>", "weights", "CDARTS entries are retrained at another width (36 / 48 vs the "
+                                              "search width 16): there are no inherited weights to export")
+
+
+register_space("darts_cell", DartsCellSpace)
