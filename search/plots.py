@@ -163,6 +163,10 @@ def plot_run(run_dir: PathLike) -> Path:
     if (run_dir / "entry.yaml").exists() and (run_dir / "board.json").exists():  # a Cream search
         from .methods.cream import plot_board
         return plot_board(run_dir)
+    if (run_dir / "entry.yaml").exists() and (run_dir / "genotype_history.json").is_file():  # a CDARTS search
+        import json
+        from .methods.cdarts_plots import plot_cdarts
+        return plot_cdarts(run_dir, json.loads((run_dir / "genotype_history.json").read_text()))[0]
     raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/ or board.json, "
                             "alpha_history.json or population.json) nor a finished training run (metrics.json)")
 
