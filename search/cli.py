@@ -2,6 +2,8 @@
 
     nas-zoo-search dna --config configs/search/dna_demo.yaml [--out RUN_DIR] [key.path=value ...]
     nas-zoo-search dna select potential-0.yaml ... --budget 460 --cost-table costs.json
+    nas-zoo-search densenas --config configs/search/densenas_demo.yaml [--out RUN_DIR] [key.path=value ...]
+    nas-zoo-search densenas latency-table --space mbv2 --device cuda --batch 32 [--validate 50]
     nas-zoo-search train ENTRY_OR_NAME --config configs/search/train_demo.yaml [--out RUN_DIR] [key=value ...]
     nas-zoo-search resume RUN_DIR
     nas-zoo-search plot RUN_DIR
@@ -25,6 +27,8 @@ EXAMPLES = """examples:
   nas-zoo-search dna --config configs/search/dna_demo.yaml distill.epochs=1 search.budget=5
   torchrun --nproc_per_node=8 -m nas_zoo.search.cli dna --config configs/search/dna_imagenet.yaml
   nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget 5e6   # MACs, from cost-macs.json
+  nas-zoo-search densenas --config configs/search/densenas_demo.yaml --out runs/densenas_demo
+  nas-zoo-search densenas latency-table --space mbv2 --device cpu --batch 32 --validate 20
   nas-zoo-search train runs/dna_demo/entry.yaml --config configs/search/train_demo.yaml
   nas-zoo-search resume runs/dna_demo
   nas-zoo-search plot runs/dna_demo                  # search.png (also written at the end of every run)
@@ -41,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "potentials, constrained selection, export of RUN_DIR/entry.yaml. "
                                    "`nas-zoo-search dna select --help` runs the selection alone.")
     p.add_argument("--config", required=True, help="YAML config (see configs/search/dna_*.yaml)")
+    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+
+    p = sub.add_parser("densenas", help="DenseNAS: dense super network search (or `densenas latency-table ...`)",
+                       description="Run DenseNAS: warm-up weight passes, then per epoch an architecture pass on the "
+                                   "held-out split and a weight pass; Viterbi derivation; RUN_DIR/entry.yaml and "
+                                   "RUN_DIR/net_config (official format). `nas-zoo-search densenas latency-table "
+                                   "--help` measures a latency table.")
+    p.add_argument("--config", required=True, help="YAML config (see configs/search/densenas_*.yaml)")
     p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
@@ -130,6 +143,26 @@ def run_dna_command(config, out: Optional[str], overrides: List[str]) -> dict:
     return result
 
 
+def run_densenas_command(config, out: Optional[str], overrides: List[str]) -> dict:
+    from .config import load_config
+    from .data import DataConfig
+    from .engine import setup_distributed
+    from .methods import densenas
+
+    cfg, source = load_config(config, densenas.SCHEMA, overrides)
+    DataConfig.from_dict(cfg["data"], where="data")
+    densenas.check_config(cfg, source)
+    ctx = setup_distributed(cfg["engine"]["device"])
+    _threads(cfg)
+    run_dir = Path(out or Path("runs") / cfg["name"])
+    _write_once(run_dir, cfg, {"command": "densenas"}, ctx)
+    result = densenas.run_densenas(cfg, run_dir, ctx, source=source)
+    if ctx.is_main:
+        print(f"searched {result['summary']}\n  entry: {result['entry']}\n  net_config: {run_dir / 'net_config'}")
+        densenas.plot_search(run_dir)
+    return result
+
+
 def run_train_command(model: str, config, out: Optional[str], overrides: List[str]) -> dict:
     from .config import load_config
     from .data import DataConfig
@@ -162,6 +195,8 @@ def resume(run_dir: str) -> dict:
     resolved = run_dir / "resolved.yaml"
     if record.get("command") == "dna":
         return run_dna_command(resolved, str(run_dir), [])
+    if record.get("command") == "densenas":
+        return run_densenas_command(resolved, str(run_dir), [])
     if record.get("command") == "train":
         return run_train_command(record["model"], resolved, str(run_dir), [])
     raise ConfigError(str(run_dir / "run.json"), "command", f"unknown command {record.get('command')!r}")
@@ -178,6 +213,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:2] == ["dna", "select"]:
         from .methods import dna_select
         return int(dna_select.main(argv[2:]) or 0)
+    if argv[:1] == ["densenas"] and len(argv) > 1 and argv[1] in ("latency-table",):
+        from .methods import densenas
+        return int(densenas.COMMANDS[argv[1]](argv[2:]) or 0)
+    if argv[:1] == ["latency-table"]:  # short form of `densenas latency-table`
+        from .methods import densenas
+        return int(densenas.COMMANDS["latency-table"](argv[1:]) or 0)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may follow options: `train M --config F a.b=1`
     bad = [x for x in extra if "=" not in x or x.startswith("-")]
@@ -194,6 +235,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "dna":
             run_dna_command(args.config, args.out, args.overrides)
+        elif args.command == "densenas":
+            run_densenas_command(args.config, args.out, args.overrides)
         elif args.command == "train":
             run_train_command(args.model, args.config, args.out, args.overrides)
         elif args.command == "plot":

@@ -56,7 +56,7 @@ class DenseSpaceConfig:
 
     net_type: str  # "mbv2" | "res"
     chs: Tuple[int, ...]
-    fm_sizes: Tuple[int, ...]
+    fm_sizes: Tuple[int, ...]  # feature size of every node at `input_size`
     stages: Tuple[int, ...]  # one per node, last_dim included
     num_layers: Tuple[int, ...]  # stack layers per node (the first node has none)
     adjoin_connect_nums: Tuple[int, ...]  # per stage
@@ -659,10 +659,10 @@ def path_cost(table: list, graph: DenseGraph, path: Sequence[int], head_ops: Seq
 # ----------------------------------------------------------------------------------------------------------------
 # building cost tables: every candidate op alone, at its real input shape, built by the family's builder
 
-def _op_factories(cfg: DenseSpaceConfig, graph: DenseGraph, num_classes: int):
+def _op_factories(cfg: DenseSpaceConfig, graph: DenseGraph, num_classes: int, image_size: Optional[int] = None):
     """(kind, position, factory, input size) of every entry of the four-element table, in table order."""
-    size = cfg.input_size
-    scale = size / 224  # the official feature sizes are those of a 224 px input
+    size = image_size or cfg.input_size
+    scale = size / cfg.input_size  # fm_sizes are the feature sizes at cfg.input_size
     fm = [max(1, int(round(f * scale))) for f in cfg.feature_sizes]
     stem = cfg.chs[0]
 
@@ -697,8 +697,8 @@ def _op_factories(cfg: DenseSpaceConfig, graph: DenseGraph, num_classes: int):
 
 
 def build_cost_table(cfg: DenseSpaceConfig, metric: str = "macs", *, num_classes: Optional[int] = None,
-                     device: Any = "cpu", batch_size: int = 32, skip_reg: bool = True, progress=None,
-                     min_run_time: float = 0.2) -> list:
+                     image_size: Optional[int] = None, device: Any = "cpu", batch_size: int = 32,
+                     skip_reg: bool = True, progress=None, min_run_time: float = 0.2) -> list:
     """The four-element cost table of a space. ``macs``: millions of conv + linear MACs per image (official
     ``get_cost_list(cost_type='flops')``, batch 1); ``latency``: ms per batch of `batch_size` on `device`, each op
     alone on a tensor of its real input shape (warm-up, synchronisation only on CUDA). ``skip_reg``: a skip layer
@@ -708,7 +708,7 @@ def build_cost_table(cfg: DenseSpaceConfig, metric: str = "macs", *, num_classes
 
     graph = DenseGraph(cfg)
     num_classes = num_classes or cfg.num_classes
-    entries = list(_op_factories(cfg, graph, num_classes))
+    entries = list(_op_factories(cfg, graph, num_classes, image_size))
     if progress is not None:
         entries = progress(entries)
     table = [0.0, [[[[0.0] * len(cfg.head_ops) for _ in b["in_block_idx"]],
