@@ -402,6 +402,9 @@ def run_densenas(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<con
     space_cfg = space_config(cfg, num_classes, source)
     table = load_or_build_table(cfg, space_cfg, image_size, run_dir, ctx, source)
     space = DenseNASSpace(space_cfg, table=table, metric=cfg["cost"]["metric"])
+    if s["ceiling"] is not None and space.cost_range()[0] > s["ceiling"]:
+        raise ConfigError(source, "search.ceiling", f"{s['ceiling']:g} is below the cheapest child of the space "
+                                                    f"({space.cost_range()[0]:.4g} by the cost table)")
     quirks = DenseQuirks(final_double_softmax=s["final_double_softmax"], adam_moves_unsampled=s["adam_moves_unsampled"],
                          arch_step_bn_stats=s["arch_step_bn_stats"])
     logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
