@@ -213,7 +213,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if argv[:2] == ["dna", "select"]:
         from .methods import dna_select
         return int(dna_select.main(argv[2:]) or 0)
-    if argv[:1] == ["densenas"] and len(argv) > 1 and argv[1] in ("latency-table",):
+    if argv[:1] == ["densenas"] and len(argv) > 1 and argv[1] in ("latency-table", "baseline"):
         from .methods import densenas
         return int(densenas.COMMANDS[argv[1]](argv[2:]) or 0)
     if argv[:1] == ["latency-table"]:  # short form of `densenas latency-table`

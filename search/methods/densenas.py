@@ -586,6 +586,7 @@ def finish(cfg, space: DenseNASSpace, net: DenseSupernet, arch: DenseArchParams,
         save_file({k: v.contiguous() for k, v in child_state.items()}, str(run_dir / "child.safetensors"))
         _write_text(run_dir / "net_config", netcfg.to_text())
         _write_text(run_dir / "history.json", json.dumps(state.history, indent=1))
+        run_dir.mkdir(parents=True, exist_ok=True)
         entry.save(run_dir / "entry.yaml")
         save_checkpoint({"supernet": net.state_dict(), "arch": arch.state_dict()}, run_dir / "supernet.pt")
     ctx.barrier()
@@ -731,6 +732,75 @@ def latency_table_main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def same_cost_archs(space: DenseNASSpace, arch: dict, n: int, rng: np.random.RandomState,
+                    tolerance: float = 0.1, tries: int = 20000) -> List[dict]:
+    """n random architectures of the space whose table cost is within `tolerance` (relative) of `arch`'s."""
+    target = space.cost(arch)
+    out: List[dict] = []
+    for _ in range(tries):
+        cand = space.sample(rng)
+        if cand["path"] != arch["path"] or cand != arch:
+            if abs(space.cost(cand) - target) <= tolerance * target:
+                out.append(cand)
+                if len(out) == n:
+                    return out
+    raise RuntimeError(f"found only {len(out)} of {n} random architectures within {100 * tolerance:g} % of "
+                       f"{target:.4g}; raise the tolerance")
+
+
+def baseline_main(argv: Optional[Sequence[str]] = None) -> int:
+    """`nas-zoo-search densenas baseline RUN_DIR --config TRAIN.yaml`: the found model and N random paths of the
+    same cost, each trained from scratch with the same recipe; prints and writes RUN_DIR/baseline.json."""
+    import argparse
+
+    from ...entry import load_entry
+    from ..config import load_config, read_yaml
+    from ..engine import setup_distributed
+    from ..train import TRAIN_SCHEMA, run_training
+    parser = argparse.ArgumentParser(prog="nas-zoo-search densenas baseline")
+    parser.add_argument("run_dir")
+    parser.add_argument("--config", required=True, help="train config (e.g. configs/search/train_demo.yaml)")
+    parser.add_argument("--n", type=int, default=3)
+    parser.add_argument("--tolerance", type=float, default=0.1)
+    args, extra = parser.parse_known_args(argv)
+    if any("=" not in x or x.startswith("-") for x in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
+    run_dir = Path(args.run_dir)
+    search_cfg = validate_config(read_yaml(run_dir / "resolved.yaml"), str(run_dir / "resolved.yaml"))
+    entry = load_entry(run_dir / "entry.yaml")
+    found = entry.provenance["arch"]
+    table_path = Path(entry.provenance["cost"]["table"])
+    space_cfg = space_config(search_cfg, 10, str(run_dir / "resolved.yaml"))
+    space = DenseNASSpace(space_cfg, table=read_cost_table(table_path), metric=search_cfg["cost"]["metric"])
+    randoms = same_cost_archs(space, found, args.n, np.random.RandomState(search_cfg["seed"]), args.tolerance)
+    train_cfg, _ = load_config(args.config, TRAIN_SCHEMA, args.overrides)
+    ctx = setup_distributed(train_cfg["engine"]["device"])
+    results = []
+    base = run_dir / "baseline"
+    for i, arch in enumerate([found] + randoms):
+        name = "found" if i == 0 else f"random{i}"
+        entry_path = base / name / "entry.yaml"
+        if ctx.is_main and not entry_path.exists():
+            entry_path.parent.mkdir(parents=True, exist_ok=True)
+            load_entry({"name": f"{search_cfg['name']}_{name}", "family": space.family,
+                        "arch": space.entry_arch(arch),
+                        "provenance": {"method": "densenas", "arch": arch, "net_config": space.net_config(arch)
+                                       .to_text()}}).save(entry_path)
+        ctx.barrier()
+        out = run_training(str(entry_path), copy.deepcopy(train_cfg), base / name / "train", ctx)
+        results.append({"model": name, "arch": arch, "cost": space.cost(arch), "val_top1": out["val_top1"]})
+    mean_random = float(np.mean([r["val_top1"] for r in results[1:]]))
+    summary = {"found_top1": results[0]["val_top1"], "random_mean_top1": mean_random,
+               "unit": "ms" if search_cfg["cost"]["metric"] == "latency" else "MMACs", "results": results}
+    if ctx.is_main:
+        _write_text(run_dir / "baseline.json", json.dumps(summary, indent=1))
+        print(f"found {results[0]['val_top1']:.2f}% ({results[0]['cost']:.4g} {summary['unit']}) vs random paths "
+              f"of the same cost {mean_random:.2f}% (" + ", ".join(f"{r['val_top1']:.2f}% @ {r['cost']:.4g}"
+                                                                 for r in results[1:]) + ")")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`nas-zoo-search densenas <subcommand>`: the method's own commands."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -740,7 +810,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
 
 
-COMMANDS = {"latency-table": latency_table_main}
+COMMANDS = {"latency-table": latency_table_main, "baseline": baseline_main}
 
 
 # ==================================================================================================================
