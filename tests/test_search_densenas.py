@@ -153,3 +153,16 @@ def test_correlation_helpers():
     assert kendall_tau(a, b) > 0.9 and kendall_tau(a, -a) == pytest.approx(-1.0)
     x = [1, 2, 3, 4]
     assert kendall_tau(x, [1, 3, 2, 4]) == pytest.approx(2 / 3)
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks(tmp_path):
+    config = write_config(tiny_config(), tmp_path / "ddp.yaml")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", "-m",
+                          "nas_zoo.search.cli", "densenas", "--config", str(config), "--out", str(tmp_path / "two")],
+                         env=env(), cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    history = json.loads((tmp_path / "two" / "history.json").read_text())
+    # the global batch is split over the ranks: the same number of steps as one process
+    assert [r["arch_steps"] for r in history] == [0, 4] and [r["weight_steps"] for r in history] == [8, 16]
+    parse_net_config((tmp_path / "two" / "net_config").read_text())

@@ -541,6 +541,10 @@ def finish(cfg, space: DenseNASSpace, net: DenseSupernet, arch: DenseArchParams,
     from ..data import DataConfig
 
     s = cfg["search"]
+    if ctx.distributed:  # every process must hold the same architecture parameters (shared samples, reduced grads)
+        sums = ctx.all_gather_object([float(p.detach().double().sum()) for p in arch.parameters()])
+        if any(x != sums[0] for x in sums):
+            raise RuntimeError("the processes' architecture parameters diverged")
     path = constrained_path(space, arch, s["ceiling"]) if s["ceiling"] is not None else None
     found = space.arch_from_params(arch, path)
     netcfg = space.net_config(found)
