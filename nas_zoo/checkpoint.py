@@ -16,6 +16,8 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
+from .errors import NasZooError
+
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "check_state_dict"]
 
 # Where training scripts put the weights inside their checkpoint dicts, EMA copies first.
@@ -25,7 +27,7 @@ PLAIN_KEYS = ("state_dict", "model", "net", "weights", "model_main")
 ALLOWED_GLOBALS = [argparse.Namespace, (OrderedDict, "yacs.config.CfgNode")]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(NasZooError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 

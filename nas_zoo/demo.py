@@ -67,13 +67,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import nas_zoo
     from .cost import count_macs, count_params
-    from .search.cli import run_dna_command, run_train_command
+    from .search.cli import run_method_command, run_train_command
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     out = Path(args.out)
     start = time.perf_counter()
     print(f"[1/3] DNA search on the embedded data -> {out / 'search'}", flush=True)
-    result = run_dna_command(_config("dna_demo.yaml"), str(out / "search"), args.overrides)
+    result = run_method_command("dna", _config("dna_demo.yaml"), str(out / "search"), args.overrides)
     t_search = time.perf_counter() - start
     name = nas_zoo.register_entry(out / "search" / "entry.yaml", replace=True)
     import yaml

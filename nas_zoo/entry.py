@@ -23,6 +23,8 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from .errors import NasZooError
+
 __all__ = ["ArchEntry", "EntryError", "load_entry", "Field"]
 
 # libyaml's safe loader when available: same rules as yaml.safe_load, several times faster
@@ -50,12 +52,8 @@ PAPER_KEYS = {
 }
 
 
-class EntryError(ValueError):
+class EntryError(NasZooError):
     """A malformed architecture entry. The message names the source and the field."""
-
-    def __init__(self, source: str, field_path: str, problem: str):
-        self.source, self.field, self.problem = source, field_path, problem
-        super().__init__(f"{source}: field '{field_path}': {problem}")
 
 
 @dataclass

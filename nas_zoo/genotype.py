@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from .errors import NasZooError
+
 __all__ = ["PRIMITIVES", "Genotype", "GenotypeError", "parse_genotype", "genotype_from_data", "read_genotype_file"]
 
 # The eight candidate ops of the DARTS search space, in the official order (CDARTS lib/models/ops.py:PRIMITIVES).
@@ -54,12 +56,15 @@ Edge = Tuple[str, int]
 Nodes = Tuple[Tuple[Edge, ...], ...]
 
 
-class GenotypeError(ValueError):
+class GenotypeError(NasZooError):
     """A malformed genotype. The message names the source and where in it the problem is."""
 
-    def __init__(self, source: str, where: str, problem: str):
-        self.source, self.where, self.problem = source, where, problem
-        super().__init__(f"{source}: {where}: {problem}" if where else f"{source}: {problem}")
+    def render(self) -> str:
+        return f"{self.source}: {self.field}: {self.problem}" if self.field else f"{self.source}: {self.problem}"
+
+    @property
+    def where(self) -> str:
+        return self.field
 
 
 @dataclass(frozen=True)

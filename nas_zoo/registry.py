@@ -261,7 +261,17 @@ def create_from_entry(entry: Union[str, ArchEntry], pretrained: bool = False, pr
     family = get_family(entry.family)
     cfg = _resolve_cfg(entry, pretrained_cfg, pretrained_cfg_overlay)
     if pretrained:
-        state_dict = load_pretrained_state_dict(entry, cfg, cache_dir=cache_dir, use_ema=use_ema)
+        # what the weights must fit: the released model; or the model as asked for (a searched child's
+        # weights file has the head of its own run's classes)
+        expected = [reference_state_shapes(entry)]
+        asked = {k: kwargs[k] for k in ("num_classes", "in_chans") if k in kwargs}
+        if asked:
+            with torch.device("meta"):
+                as_asked = family.build(entry, pretrained=False, pretrained_cfg=cfg, **asked)
+            expected.append({k: tuple(v.shape) for k, v in as_asked.state_dict().items()})
+        state_dict = load_pretrained_state_dict(entry, cfg, expected, cache_dir=cache_dir, use_ema=use_ema)
+        if "num_classes" in asked and len(expected) > 1 and _fits(state_dict, expected[1]):
+            cfg["num_classes"] = asked["num_classes"]  # timm then keeps the head instead of dropping it
         # timm loads cfg['state_dict'] first; a tiny placeholder there keeps timm from copying the weights
         # into model.pretrained_cfg, and the filter hands timm the real ones (it then adapts in_chans/classes).
         cfg["state_dict"] = {"placeholder": torch.empty(0)}
@@ -273,6 +283,11 @@ def create_from_entry(entry: Union[str, ArchEntry], pretrained: bool = False, pr
         if isinstance(module_cfg, dict):
             module_cfg.pop("state_dict", None)
     return model
+
+
+def _fits(state_dict: Mapping, shapes: Mapping) -> bool:
+    return len(state_dict) == len(shapes) and all(k in state_dict and tuple(state_dict[k].shape) == tuple(s)
+                                                  for k, s in shapes.items())
 
 
 def register_builtin_entries() -> List[str]:

@@ -11,12 +11,13 @@ When nothing can be found, one `WeightsNotFoundError` says where it looked and h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .checkpoint import CheckpointError, check_state_dict, extract_state_dict, read_checkpoint
 from .entry import ArchEntry
+from .errors import NasZooError
 from .families import adapt_official_state_dict
 
 __all__ = ["WeightsNotFoundError", "load_pretrained_state_dict", "load_official_checkpoint", "split_hub_id",
@@ -27,7 +28,7 @@ HF_WEIGHTS_FILE = "model.safetensors"
 FOLDER_WEIGHT_FILES = (HF_WEIGHTS_FILE, "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(NasZooError, RuntimeError):
     """No source of pretrained weights could be reached."""
 
 
@@ -52,19 +53,22 @@ def weights_file_in(folder) -> Path:
                           f"it has {sorted(p.name for p in folder.iterdir())[:10]}")
 
 
-def load_official_checkpoint(entry: ArchEntry, path, use_ema: Optional[bool] = None,
-                             tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
+Shapes = Mapping[str, Tuple[int, ...]]
+
+
+def load_official_checkpoint(entry: ArchEntry, path, expected: Union[Shapes, Sequence[Shapes]],
+                             use_ema: Optional[bool] = None, tag: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read a checkpoint file (or a model folder) in any accepted format and return a state dict in our key
-    layout, checked against the entry's architecture."""
-    return official_state_dict(entry, path, use_ema=use_ema, tag=tag)[0]
+    layout, checked against `expected` (key -> shape, from the registry; or several accepted layouts, e.g. the
+    released head and the head the caller asked for)."""
+    return official_state_dict(entry, path, expected, use_ema=use_ema, tag=tag)[0]
 
 
-def official_state_dict(entry: ArchEntry, path, use_ema: Optional[bool] = None,
+def official_state_dict(entry: ArchEntry, path, expected: Union[Shapes, Sequence[Shapes]],
+                        use_ema: Optional[bool] = None,
                         tag: Optional[str] = None) -> Tuple[Dict[str, torch.Tensor], str]:
     """`load_official_checkpoint`, also returning where in the file the weights were found
     (e.g. 'state_dict_ema', '<bare state dict>')."""
-    from .registry import reference_state_shapes
-
     if Path(path).is_dir():
         path = weights_file_in(path)
     obj = read_checkpoint(path)
@@ -81,7 +85,12 @@ def official_state_dict(entry: ArchEntry, path, use_ema: Optional[bool] = None,
         state_dict = adapt_official_state_dict(state_dict, entry, tag)
     except CheckpointError as e:  # families know what is wrong, not which file it came from
         raise CheckpointError(f"{path}: {e}") from None
-    check_state_dict(state_dict, reference_state_shapes(entry), entry.name, source=str(path))
+    layouts = [expected] if isinstance(expected, Mapping) else list(expected)
+    for alternative in layouts[1:]:
+        if all(k in state_dict and tuple(state_dict[k].shape) == tuple(s) for k, s in alternative.items()) \
+                and len(state_dict) == len(alternative):
+            return state_dict, key
+    check_state_dict(state_dict, layouts[0], entry.name, source=str(path))
     return state_dict, key
 
 
@@ -112,18 +121,18 @@ def _how_to_get(entry: ArchEntry, tag: Optional[str], hub_id: Optional[str]) -> 
     return "\n".join(lines)
 
 
-def load_pretrained_state_dict(entry: ArchEntry, cfg: dict, cache_dir=None,
-                               use_ema: Optional[bool] = None) -> Dict[str, torch.Tensor]:
+def load_pretrained_state_dict(entry: ArchEntry, cfg: dict, expected: Union[Shapes, Sequence[Shapes]],
+                               cache_dir=None, use_ema: Optional[bool] = None) -> Dict[str, torch.Tensor]:
     tag = cfg.get("tag")
     if cfg.get("file"):
-        return load_official_checkpoint(entry, cfg["file"], use_ema=use_ema, tag=tag)
+        return load_official_checkpoint(entry, cfg["file"], expected, use_ema=use_ema, tag=tag)
     tried: List[str] = ["  an explicit file: none given (pretrained_cfg_overlay=dict(file=PATH))"]
     hub_id = cfg.get("hf_hub_id")
     if hub_id:
         path, why = _hub_file(hub_id, cfg.get("hf_hub_filename") or HF_WEIGHTS_FILE, cache_dir)
         if path is not None:
             try:
-                return load_official_checkpoint(entry, path, use_ema=False, tag=tag)
+                return load_official_checkpoint(entry, path, expected, use_ema=False, tag=tag)
             except CheckpointError as e:
                 raise CheckpointError(f"{e}\n(from the Hugging Face hub '{hub_id}': the copy in the local HF "
                                       f"cache may be damaged; delete {_cache_repo_folder(path)} to download it "

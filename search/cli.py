@@ -1,15 +1,14 @@
 """`nas-zoo-search`: run a search, train a model, resume a run.
 
-    nas-zoo-search dna --config configs/search/dna_demo.yaml [--out RUN_DIR] [key.path=value ...]
-    nas-zoo-search dna select potential-0.yaml ... --budget 460 --cost-table costs.json
-    nas-zoo-search densenas --config configs/search/densenas_demo.yaml [--out RUN_DIR] [key.path=value ...]
-    nas-zoo-search densenas latency-table --space mbv2 --device cuda --batch 32 [--validate 50]
+    nas-zoo-search METHOD --config configs/search/METHOD_demo.yaml [--out RUN_DIR] [key.path=value ...]
+    nas-zoo-search METHOD COMMAND ...        (a method's own commands, e.g. `dna select`)
     nas-zoo-search train ENTRY_OR_NAME --config configs/search/train_demo.yaml [--out RUN_DIR] [key=value ...]
     nas-zoo-search resume RUN_DIR
     nas-zoo-search plot RUN_DIR
 
-Every run directory holds resolved.yaml (the full config after defaults and overrides) and run.json (the
-command), so `resume` needs nothing else. Multi-GPU / multi-node: launch the same command with torchrun.
+One subcommand per search method (nas_zoo.search.methods). Every run directory holds resolved.yaml (the full
+config after defaults and overrides) and run.json (the command), so `resume` needs nothing else. Multi-GPU /
+multi-node: launch the same command with torchrun. Every error a user can cause prints as one line (exit 2).
 """
 from __future__ import annotations
 
@@ -20,15 +19,15 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..errors import NasZooError
+
 __all__ = ["main", "build_parser"]
 
 EXAMPLES = """examples:
   nas-zoo-search dna --config configs/search/dna_demo.yaml --out runs/dna_demo
-  nas-zoo-search dna --config configs/search/dna_demo.yaml distill.epochs=1 search.budget=5
+  nas-zoo-search dna --config configs/search/dna_demo.yaml distill.epochs=1 "search.budget=5 MMACs"
   torchrun --nproc_per_node=8 -m nas_zoo.search.cli dna --config configs/search/dna_imagenet.yaml
-  nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget 5e6   # MACs, from cost-macs.json
-  nas-zoo-search densenas --config configs/search/densenas_demo.yaml --out runs/densenas_demo
-  nas-zoo-search densenas latency-table --space mbv2 --device cpu --batch 32 --validate 20
+  nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget "5 MMACs"   # cost-macs.json
   nas-zoo-search train runs/dna_demo/entry.yaml --config configs/search/train_demo.yaml
   nas-zoo-search resume runs/dna_demo
   nas-zoo-search plot runs/dna_demo                  # search.png (also written at the end of every run)
@@ -40,22 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("dna", help="DNA: block-wise distillation search (or `dna select ...`: selection only)",
-                       description="Run DNA end to end: teacher, supernet distillation per stage, architecture "
-                                   "potentials, constrained selection, export of RUN_DIR/entry.yaml. "
-                                   "`nas-zoo-search dna select --help` runs the selection alone.")
-    p.add_argument("--config", required=True, help="YAML config (see configs/search/dna_*.yaml)")
-    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
-
-    p = sub.add_parser("densenas", help="DenseNAS: dense super network search (or `densenas latency-table ...`)",
-                       description="Run DenseNAS: warm-up weight passes, then per epoch an architecture pass on the "
-                                   "held-out split and a weight pass; Viterbi derivation; RUN_DIR/entry.yaml and "
-                                   "RUN_DIR/net_config (official format). `nas-zoo-search densenas latency-table "
-                                   "--help` measures a latency table.")
-    p.add_argument("--config", required=True, help="YAML config (see configs/search/densenas_*.yaml)")
-    p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
-    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+    from .methods import methods
+    for method in methods().values():
+        extra = "".join(f" `nas-zoo-search {method.name} {c} --help` runs {c} alone." for c in method.commands)
+        p = sub.add_parser(method.name, help=method.help, description=(method.description or method.help) + extra)
+        p.add_argument("--config", required=True, help=f"YAML config (see configs/search/{method.name}_*.yaml)")
+        p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
     p = sub.add_parser("train", help="train an entry (or any timm model) from scratch",
                        description="Train ENTRY_OR_NAME from scratch with timm's optimizer, scheduler, EMA, losses "
@@ -98,68 +88,58 @@ def _figures(run_dir: Path, ctx) -> None:
 
 def _write_once(run_dir: Path, resolved: dict, record: dict, ctx) -> None:
     """Record the resolved config and the command; refuse a directory that holds a different run."""
+    from ..io import atomic_write_text
     from .config import dump_yaml, read_yaml
-    text = dump_yaml(resolved)
     target = run_dir / "resolved.yaml"
     ctx.barrier()  # every process looks before rank 0 writes
     existing = read_yaml(target) if target.exists() else None
     ctx.barrier()
     if existing is not None:
         if existing != resolved:
-            raise RunDirError(f"{run_dir} already holds a run with another config; use `nas-zoo-search resume "
-                              f"{run_dir}` to continue it or choose another --out")
+            raise RunDirError(str(run_dir), f"already holds a run with another config; use `nas-zoo-search resume "
+                                            f"{run_dir}` to continue it or choose another --out")
         return
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for name, content in (("resolved.yaml", text), ("run.json", json.dumps(record, indent=1))):
-            tmp = run_dir / f".{name}.tmp"
-            tmp.write_text(content)
-            os.replace(tmp, run_dir / name)
+        atomic_write_text(run_dir / "resolved.yaml", dump_yaml(resolved))
+        atomic_write_text(run_dir / "run.json", json.dumps(record, indent=1))
     ctx.barrier()
 
 
-class RunDirError(ValueError):
+class RunDirError(NasZooError):
     pass
 
 
-def run_dna_command(config, out: Optional[str], overrides: List[str]) -> dict:
+def prepare(method, config, overrides: List[str]):
+    """Load and check a method's config: every check that needs no training, before any process group starts."""
     from .config import load_config
     from .data import DataConfig
-    from .engine import setup_distributed
-    from .methods import dna
+    cfg, source = load_config(config, method.schema, overrides)
+    if "data" in cfg:
+        DataConfig.from_dict(cfg["data"], where="data")  # data errors before anything starts
+    if method.check is not None:
+        method.check(cfg, source)
+    return cfg, source
 
-    cfg, source = load_config(config, dna.SCHEMA, overrides)
-    DataConfig.from_dict(cfg["data"], where="data")  # data errors before anything starts
-    dna.check_config(cfg, source)
-    ctx = setup_distributed(cfg["engine"]["device"])
+
+def run_method_command(name: str, config, out: Optional[str], overrides: List[str]) -> dict:
+    from .engine import RunLogger, setup_distributed
+    from .methods import Job, get_method
+
+    method = get_method(name)
+    cfg, source = prepare(method, config, overrides)
+    ctx = setup_distributed(cfg.get("engine", {}).get("device", "auto"))
     _threads(cfg)
     run_dir = Path(out or Path("runs") / cfg["name"])
-    _write_once(run_dir, cfg, {"command": "dna"}, ctx)
-    result = dna.run_dna(cfg, run_dir, ctx, source=source)
+    _write_once(run_dir, cfg, {"command": name}, ctx)
+    logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg.get("engine", {}).get("tensorboard", False))
+    job = Job(method=method, cfg=cfg, run_dir=run_dir, ctx=ctx, source=source, logger=logger)
+    try:
+        result = method.run(job)
+    finally:
+        logger.close()
     if ctx.is_main and result.get("status") == "done":
-        print(f"searched {result['name']}: {result['macs']:.3f} MMACs, {cfg['search']['metric']} sum "
-              f"{result['score']:.4f}\n  entry: {result['entry']}")
+        print(result.get("summary") or f"{name}: {result.get('name')}\n  entry: {result.get('entry')}")
         _figures(run_dir, ctx)
-    return result
-
-
-def run_densenas_command(config, out: Optional[str], overrides: List[str]) -> dict:
-    from .config import load_config
-    from .data import DataConfig
-    from .engine import setup_distributed
-    from .methods import densenas
-
-    cfg, source = load_config(config, densenas.SCHEMA, overrides)
-    DataConfig.from_dict(cfg["data"], where="data")
-    densenas.check_config(cfg, source)
-    ctx = setup_distributed(cfg["engine"]["device"])
-    _threads(cfg)
-    run_dir = Path(out or Path("runs") / cfg["name"])
-    _write_once(run_dir, cfg, {"command": "densenas"}, ctx)
-    result = densenas.run_densenas(cfg, run_dir, ctx, source=source)
-    if ctx.is_main:
-        print(f"searched {result['summary']}\n  entry: {result['entry']}\n  net_config: {run_dir / 'net_config'}")
-        densenas.plot_search(run_dir)
     return result
 
 
@@ -193,13 +173,10 @@ def resume(run_dir: str) -> dict:
     except (OSError, ValueError) as e:
         raise ConfigError(str(run_dir / "run.json"), "<file>", f"not a run directory ({e})") from None
     resolved = run_dir / "resolved.yaml"
-    if record.get("command") == "dna":
-        return run_dna_command(resolved, str(run_dir), [])
-    if record.get("command") == "densenas":
-        return run_densenas_command(resolved, str(run_dir), [])
-    if record.get("command") == "train":
+    command = record.get("command")
+    if command == "train":
         return run_train_command(record["model"], resolved, str(run_dir), [])
-    raise ConfigError(str(run_dir / "run.json"), "command", f"unknown command {record.get('command')!r}")
+    return run_method_command(str(command), resolved, str(run_dir), [])
 
 
 def _threads(cfg: dict) -> None:
@@ -210,15 +187,11 @@ def _threads(cfg: dict) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["dna", "select"]:
-        from .methods import dna_select
-        return int(dna_select.main(argv[2:]) or 0)
-    if argv[:1] == ["densenas"] and len(argv) > 1 and argv[1] in ("latency-table", "baseline"):
-        from .methods import densenas
-        return int(densenas.COMMANDS[argv[1]](argv[2:]) or 0)
-    if argv[:1] == ["latency-table"]:  # short form of `densenas latency-table`
-        from .methods import densenas
-        return int(densenas.COMMANDS["latency-table"](argv[1:]) or 0)
+    if len(argv) >= 2:
+        from .methods import methods
+        method = methods().get(argv[0])
+        if method is not None and argv[1] in method.commands:  # a method's own command, e.g. `dna select`
+            return int(method.commands[argv[1]](argv[2:]) or 0)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may follow options: `train M --config F a.b=1`
     bad = [x for x in extra if "=" not in x or x.startswith("-")]
@@ -226,18 +199,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(bad or extra)}")
     if extra:
         args.overrides = list(args.overrides) + extra
-    from ..checkpoint import CheckpointError
-    from ..entry import EntryError
-    from .config import ConfigError
-    from .data import DataError
     from .engine import RunError, teardown_distributed
 
     try:
-        if args.command == "dna":
-            run_dna_command(args.config, args.out, args.overrides)
-        elif args.command == "densenas":
-            run_densenas_command(args.config, args.out, args.overrides)
-        elif args.command == "train":
+        if args.command == "train":
             run_train_command(args.model, args.config, args.out, args.overrides)
         elif args.command == "plot":
             from .plots import have_matplotlib, plot_run
@@ -247,12 +212,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(plot_run(args.run_dir))
             except FileNotFoundError as e:  # not a finished run: say so in one line
                 raise RunError(str(e)) from None
-        else:
+        elif args.command == "resume":
             resume(args.run_dir)
+        else:
+            run_method_command(args.command, args.config, args.out, args.overrides)
         return 0
-    except (ConfigError, DataError, EntryError, CheckpointError, RunError, RunDirError, KeyError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"nas-zoo-search {args.command}: error: {message}", file=sys.stderr)
+    except NasZooError as e:
+        print(f"nas-zoo-search {args.command}: error: {e}", file=sys.stderr)
         return 2
     finally:
         teardown_distributed()

@@ -14,17 +14,21 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
+from ..errors import NasZooError
+
 __all__ = ["ConfigError", "Opt", "load_config", "apply_overrides", "validate", "dump_yaml"]
 
 REQUIRED = object()
 
 
-class ConfigError(ValueError):
+class ConfigError(NasZooError):
     """A bad search config. The message names the source and the dotted key."""
 
-    def __init__(self, source: str, key: str, problem: str):
-        self.source, self.key, self.problem = source, key, problem
-        super().__init__(f"{source}: key '{key}': {problem}")
+    label = "key"
+
+    @property
+    def key(self) -> str:
+        return self.field
 
 
 @dataclass(frozen=True)

@@ -34,22 +34,19 @@ import torch
 from torch import nn
 
 from nas_zoo.cost import _to_meta, count_macs, count_params
+from nas_zoo.errors import NasZooError
 
 __all__ = ["CostTable", "CostTableError", "ChoiceLayer", "FixedPart", "OpSpec", "count_params", "count_macs",
-           "measure_cost_tables", "measure_op", "chain_layers", "fixed_parts", "timm_block", "METRICS", "UNITS"]
+           "measure_cost_tables", "measure_op", "chain_layers", "fixed_parts", "timm_block", "METRICS", "UNITS",
+           "Budget", "unit_factor", "format_cost", "check_budget"]
 
 METRICS = ("macs", "params", "latency")
 UNITS = {"macs": "MACs", "params": "parameters", "latency": "ms"}
 TABLE_KEYS = ("stages", "fixed", "unit", "meta")
 
 
-class CostTableError(ValueError):
+class CostTableError(NasZooError):
     """A malformed cost table. The message names the source and the field."""
-
-    def __init__(self, source: str, field_path: str, problem: str):
-        self.source, self.field, self.problem = source, field_path, problem
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}field '{field_path}': {problem}")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -312,28 +309,20 @@ class FixedPart:
 def timm_block(block_str: str, in_chs: int, *, act_layer: str = "swish", bn_eps: float = 1e-5,
                se_layer: Optional[Mapping] = None, se_from_exp: bool = False, pad_type: str = "",
                channel_multiplier: float = 1.0, device: Any = None) -> nn.Module:
-    """One timm EfficientNet block from its string, built exactly as the `efficientnet` family builds it."""
-    from timm.models._efficientnet_blocks import SqueezeExcite  # EfficientNet's default SE
-    from timm.models._efficientnet_builder import EfficientNetBuilder, _decode_block_str
+    """One timm EfficientNet block from its string, by the `efficientnet` family's own builder."""
+    from nas_zoo.families.efficientnet import build_block
 
-    from nas_zoo.families.efficientnet import model_kwargs
-
-    try:
-        args, repeats = _decode_block_str(block_str)
-    except Exception as e:  # timm raises assorted errors for malformed strings
-        raise ValueError(f"not a valid timm block string {block_str!r} ({type(e).__name__}: {e})") from None
-    if repeats != 1:
-        raise ValueError(f"a choice op is one block; {block_str!r} repeats it {repeats} times (use _r1_)")
-    arch = {"model": "efficientnet", "block_args": [[block_str]], "stem_size": in_chs, "num_features": 0,
-            "act_layer": act_layer, "bn_eps": bn_eps, "pad_type": pad_type,
+    arch = {"model": "mobilenetv3" if se_from_exp else "efficientnet", "block_args": [[block_str]],
+            "stem_size": in_chs, "num_features": 0, "act_layer": act_layer, "bn_eps": bn_eps, "pad_type": pad_type,
             "channel_multiplier": channel_multiplier}
     if se_layer is not None:
         arch["se_layer"] = dict(se_layer)
-    kw = model_kwargs(arch)
-    builder = EfficientNetBuilder(pad_type=kw["pad_type"], round_chs_fn=kw["round_chs_fn"], se_from_exp=se_from_exp,
-                                  act_layer=kw["act_layer"], norm_layer=kw["norm_layer"],
-                                  se_layer=kw.get("se_layer", SqueezeExcite), device=device)
-    return builder(in_chs, [[args]])[0][0]
+    try:
+        return build_block(arch, block_str, in_chs, device=device)
+    except ValueError:
+        raise
+    except Exception as e:  # timm raises assorted errors for malformed strings
+        raise ValueError(f"not a valid timm block string {block_str!r} ({type(e).__name__}: {e})") from None
 
 
 def _build(op: OpSpec, input_size: Tuple[int, ...], device: Any, block_kwargs: Mapping):
@@ -515,3 +504,85 @@ def _device_name(device) -> str:
         return f"cuda: {torch.cuda.get_device_name(device)}"
     import platform
     return f"cpu: {platform.processor() or platform.machine()}"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Budgets: a number with its unit, the same in configs, on the command line and in tables
+
+_UNITS = {  # unit -> (metric, factor to the metric's base unit: MACs, parameters, ms)
+    "macs": ("macs", 1.0), "kmacs": ("macs", 1e3), "kmac": ("macs", 1e3), "mmacs": ("macs", 1e6),
+    "mmac": ("macs", 1e6), "gmacs": ("macs", 1e9), "gmac": ("macs", 1e9),
+    "params": ("params", 1.0), "parameters": ("params", 1.0), "kparams": ("params", 1e3),
+    "mparams": ("params", 1e6), "ms": ("latency", 1.0), "s": ("latency", 1e3), "us": ("latency", 1e-3),
+}
+_BUDGET_RE = __import__("re").compile(r"^\s*([0-9.eE+-]+)\s*([A-Za-z][A-Za-z ]*?)\s*$")
+
+
+def _unit_key(unit: str) -> str:
+    return unit.replace(" ", "").lower()
+
+
+def unit_factor(unit: str) -> Tuple[str, float]:
+    """(metric, factor to the base unit) of a unit name such as 'MMACs', 'M params', 'ms' or a cost table's unit
+    ('MACs', 'parameters', 'KMac (official ...)': its first word)."""
+    key = _unit_key(unit.split("(")[0])
+    if key not in _UNITS:
+        raise ValueError(f"unknown unit {unit!r}; expected one of MACs, KMACs, MMACs, GMACs, params, K params, "
+                         "M params, ms")
+    return _UNITS[key]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A cost limit with its unit: ``Budget.parse('6 MMACs')``, ``'3.4 M params'``, ``'12 ms'``."""
+
+    metric: str      # macs | params | latency
+    value: float     # in the metric's base unit (MACs, parameters, ms)
+    text: str = ""   # as written
+
+    @classmethod
+    def parse(cls, text: Any, source: str = "<budget>", key: str = "budget") -> "Budget":
+        from .config import ConfigError
+        m = _BUDGET_RE.match(str(text)) if isinstance(text, str) else None
+        if m is None:
+            raise ConfigError(source, key, f"expected a number with its unit, e.g. '6 MMACs', '3.4 M params' or "
+                                           f"'12 ms', got {text!r}")
+        try:
+            number = float(m.group(1))
+            metric, factor = unit_factor(m.group(2))
+        except ValueError as e:
+            raise ConfigError(source, key, f"{text!r}: {e}") from None
+        if not math.isfinite(number) or number <= 0:
+            raise ConfigError(source, key, f"expected a positive budget, got {text!r}")
+        return cls(metric, number * factor, str(text).strip())
+
+    def in_unit(self, unit: str) -> float:
+        """The budget expressed in `unit` (e.g. a cost table's own unit)."""
+        metric, factor = unit_factor(unit)
+        if metric != self.metric:
+            raise ValueError(f"the budget {self} limits {self.metric}, the cost table counts {metric} ({unit})")
+        return self.value / factor
+
+    def __str__(self) -> str:
+        return self.text or format_cost(self.value, self.metric)
+
+
+DISPLAY_UNITS = {"macs": (1e6, "MMACs"), "params": (1e6, "M params"), "latency": (1.0, "ms")}
+
+
+def format_cost(value: float, metric: str) -> str:
+    """A cost in the unit people read: MMACs, M params, ms."""
+    if metric == "macs":
+        return f"{value / 1e6:.4g} MMACs"
+    if metric == "params":
+        return f"{value / 1e6:.4g} M params"
+    return f"{value:.4g} ms"
+
+
+def check_budget(budget: Budget, lo: float, hi: float, source: str, key: str = "search.budget") -> None:
+    """A budget no architecture of the space fits fails here, before any training."""
+    from .config import ConfigError
+    if budget.value < lo:
+        raise ConfigError(source, key, f"{budget} ({budget.metric}) is below the cheapest architecture of the "
+                                       f"space ({format_cost(lo, budget.metric)}; the most expensive costs "
+                                       f"{format_cost(hi, budget.metric)}): no architecture fits")

@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from ..errors import NasZooError
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
@@ -50,7 +52,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
-class DataError(ValueError):
+class DataError(NasZooError):
     """A data config, class list or dataset directory that cannot be used; the message names the key or path."""
 
 
@@ -760,13 +762,15 @@ class ResumableSampler(DistributedSampler):
     iterations yield the tail of that epoch's order from batch k (k * batch_size samples per rank): exactly the
     batches a fresh run yields from k on. With `with_epoch` it yields (index, epoch) keys for TransformedDataset.
     The start holds until the next set_epoch: call set_epoch every epoch (as DistributedSampler requires anyway).
+    `pad=False` (evaluation) gives each rank its own samples without DistributedSampler's repeated padding.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, seed: int = 0, drop_last: bool = False, epoch: int = 0,
-                 with_epoch: bool = False):
+                 with_epoch: bool = False, pad: bool = True):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
+        self.pad = pad
         self.batch_size = batch_size
         self.with_epoch = with_epoch
         self.start_batch = 0
@@ -779,16 +783,29 @@ class ResumableSampler(DistributedSampler):
 
     @property
     def start_index(self) -> int:
-        return min(self.start_batch * self.batch_size, self.num_samples)
+        return min(self.start_batch * self.batch_size, self.shard_size)
 
     def __iter__(self) -> Iterator:
-        indices = list(super().__iter__())[self.start_index:]
+        indices = self._indices()[self.start_index:]
         if self.with_epoch:
             return iter([(i, self.epoch) for i in indices])
         return iter(indices)
 
+    def _indices(self) -> list:
+        if self.pad:
+            return list(super().__iter__())
+        # no padding: rank r takes samples r, r + W, ... of the order; every sample is seen once over the ranks
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist() \
+            if self.shuffle else list(range(n))
+        return order[self.rank::self.num_replicas]
+
+    @property
+    def shard_size(self) -> int:
+        return self.num_samples if self.pad else len(range(self.rank, len(self.dataset), self.num_replicas))
+
     def __len__(self) -> int:
-        return self.num_samples - self.start_index
+        return self.shard_size - min(self.start_batch * self.batch_size, self.shard_size)
 
 
 def create_loader(dataset: Dataset, cfg: DataConfig, batch_size: int, train: bool, workers: int = 0,
@@ -805,8 +822,10 @@ def create_loader(dataset: Dataset, cfg: DataConfig, batch_size: int, train: boo
     drop_last = train if drop_last is None else drop_last
     wrapped = TransformedDataset(dataset, build_transform(cfg, train), seed=seed)
     replicas = dict(num_replicas=None, rank=None) if distributed else dict(num_replicas=1, rank=0)
+    # evaluation shards without padding (DistributedSampler repeats samples to even out the ranks: an exact
+    # accuracy must count every sample once)
     sampler = ResumableSampler(wrapped, batch_size, shuffle=train, seed=seed, epoch=epoch, with_epoch=train,
-                               **replicas)
+                               pad=train, **replicas)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     # its own generator: DataLoader would otherwise draw the workers' base seed from the global torch RNG

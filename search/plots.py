@@ -19,7 +19,6 @@ from typing import Dict, List, Union
 __all__ = ["plot_run", "plot_dna_search", "plot_training", "plot_comparison", "have_matplotlib"]
 
 PathLike = Union[str, os.PathLike]
-_UNITS = {"macs": "MMACs", "params": "M params", "latency": "ms"}
 
 
 def have_matplotlib() -> bool:
@@ -63,7 +62,7 @@ def _log_rows(run_dir: Path) -> List[dict]:
 def plot_dna_search(run_dir: PathLike) -> Path:
     """`RUN_DIR/search.png` for a finished DNA search (needs entry.yaml, the potentials and the cost tables)."""
     import yaml
-    from .methods.dna import COST_SCALE
+    from .cost import DISPLAY_UNITS
     from .methods.dna_select import load_potentials, pareto_front
     from .cost import CostTable
 
@@ -75,17 +74,17 @@ def plot_dna_search(run_dir: PathLike) -> Path:
     stages = load_potentials([pot_dir / Path(p).name for p in prov["potentials"]])
     table = CostTable.from_json(pot_dir / f"cost-{kind}.json")
     front_cost, front_score = pareto_front(stages, table, metric)
-    scale = COST_SCALE[kind]
+    scale, unit = DISPLAY_UNITS[kind]
     x = front_cost / scale
 
     fig, (ax, bx) = _pyplot().subplots(1, 2, figsize=(12, 4.4))
     ax.step(x, front_score, where="post", color="tab:blue", lw=1.5,
             label=f"best architecture within the budget ({len(x)} on the front)")
     ax.plot(x, front_score, ".", color="tab:blue", ms=3)
-    ax.axvline(prov["cost"]["budget"], color="tab:gray", ls="--", lw=1, label=f"budget {prov['cost']['budget']:g}")
+    ax.axvline(prov["cost"]["budget_value"], color="tab:gray", ls="--", lw=1, label=f"budget {prov['cost']['budget']}")
     ax.plot([prov["cost"]["value"]], [prov["score"]["sum"]], "*", color="tab:red", ms=14,
-            label=f"{entry['name']}: {prov['cost']['value']:.3g} {_UNITS[kind]}")
-    ax.set_xlabel(f"{kind} at {prov['cost']['image_size']} px ({_UNITS[kind]})")
+            label=f"{entry['name']}: {prov['cost']['value']:.3g} {unit}")
+    ax.set_xlabel(f"{kind} at {prov['cost']['image_size']} px ({unit})")
     ax.set_ylabel(f"sum of stage {metric} (lower is better)")
     ax.set_title("DNA search: exact cost / potential front")
     ax.grid(alpha=0.3)

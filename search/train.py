@@ -61,19 +61,11 @@ def _per_rank_batch(batch_size: int, ctx: DistContext, key: str) -> int:
     return batch_size // ctx.world_size
 
 
-@torch.no_grad()
 def evaluate_classifier(model: nn.Module, loader, ctx: DistContext, desc: str = "eval") -> Dict[str, float]:
+    from .evaluate import evaluate
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64)
-    for images, targets in progress(loader, ctx, desc=desc):
-        images, targets = images.to(ctx.device), targets.to(ctx.device)
-        logits = model(images)
-        totals[0] += F.cross_entropy(logits, targets, reduction="sum").item()
-        totals[1] += (logits.argmax(1) == targets).sum().item()
-        totals[2] += targets.numel()
-    totals = ctx.all_reduce_sum(totals)
-    n = max(1.0, float(totals[2]))
-    return {"loss": float(totals[0]) / n, "top1": 100.0 * float(totals[1]) / n}
+    out = evaluate(model, loader, ctx, desc=desc)
+    return {"loss": out["loss"], "top1": out["top1"]}
 
 
 def train_classifier(model: nn.Module, train_cfg: dict, engine_cfg: dict, data_cfg, ctx: DistContext,

@@ -26,7 +26,7 @@ def tiny_dna_config(**changes) -> dict:
                      "ops": list(OPS)},
         "distill": {"epochs": 2, "batch_size": 32, "lr": [0.002, 0.005, 0.005, 0.005, 0.005, 0.002]},
         "potential": {"batches": 1, "batch_size": 32},
-        "search": {"budget": 100.0},
+        "search": {"budget": "100 MMACs"},
         "export": {"stem_size": 8, "num_features": 64, "drop_rate": 0.0, "drop_path_rate": 0.0},
         "engine": {"device": "cpu", "tensorboard": False},
     }

@@ -14,6 +14,7 @@ from search_helpers import REPO, env
 from nas_zoo.cost import count_macs
 from nas_zoo.families.efficientnet import model_kwargs
 from nas_zoo.search.config import load_config
+from nas_zoo.search.cost import Budget
 from nas_zoo.search.methods import dna
 from nas_zoo.search.spaces.dna import op_block_string
 from nas_zoo.search.train import TRAIN_SCHEMA
@@ -66,7 +67,8 @@ def test_demo_teacher_fits_the_supernet_and_the_budget_constrains_the_space():
     cheapest, largest = ops.index("MB3_3x3"), ops.index("MB6_7x7")
     low, high = _space_macs(cfg, cheapest), _space_macs(cfg, largest)
     # the budget must leave a real choice: not every candidate fits, and some do
-    assert low < cfg["search"]["budget"] < high, (low, cfg["search"]["budget"], high)
+    budget = Budget.parse(cfg["search"]["budget"]).value / 1e6
+    assert low < budget < high, (low, budget, high)
 
 
 def _run_demo(out: Path, *args: str, timeout: int) -> str:
@@ -82,7 +84,7 @@ def test_main_job_wires_search_training_and_comparison(tmp_path):
                        "potential.batches=1", "--train-epochs", "1",
                        *[a for kv in small for a in ("--train-set", kv)], timeout=600)
     entry = yaml.safe_load((tmp_path / "demo" / "search" / "entry.yaml").read_text())
-    assert entry["provenance"]["cost"]["macs_m"] <= entry["provenance"]["cost"]["budget"] == 6.0
+    assert entry["provenance"]["cost"]["macs_m"] <= entry["provenance"]["cost"]["budget_value"] == 6.0
     rows = [line.split() for line in stdout.splitlines() if "(found)" in line or "(zoo)" in line]
     assert [r[1] for r in rows] == ["(found)", "(zoo)"], stdout
     assert rows[0][0] == "dna_demo_found" and float(rows[0][2]) == pytest.approx(entry["provenance"]["cost"]["macs_m"],
@@ -104,4 +106,4 @@ def test_main_job_default_config_trains_the_found_model_well_above_chance(tmp_pa
     # 4 classes, 1000 held-out images: chance is 25 % (+-1.4 % std); measured 83.3 %
     assert found["val_top1"] > 50.0, (found, stdout[-2000:])
     entry = yaml.safe_load((tmp_path / "demo" / "search" / "entry.yaml").read_text())
-    assert entry["provenance"]["cost"]["macs_m"] <= entry["provenance"]["cost"]["budget"]
+    assert entry["provenance"]["cost"]["macs_m"] <= entry["provenance"]["cost"]["budget_value"]

@@ -423,7 +423,7 @@ def test_infeasible_budget_names_the_minimum(example):
 
 
 def test_cli_prints_one_json_line(capsys):
-    rc = dna_select.main(["--potentials", *map(str, EXAMPLE_FILES), "--budget", "394000",
+    rc = dna_select.main(["--potentials", *map(str, EXAMPLE_FILES), "--budget", "394000 KMACs",
                           "--cost-table", str(EXAMPLE / "cost_table.json")])
     out = capsys.readouterr().out
     assert rc == 0 and out.count("\n") == 1
@@ -435,36 +435,36 @@ def test_cli_grouped_stages_and_the_run_cost_table(tmp_path, capsys):
         shutil.copy(f, tmp_path / f.name.replace("potential", "scores"))
     shutil.copy(EXAMPLE / "cost_table.json", tmp_path / "cost-macs.json")
     args = [a for s in range(5) for a in ("--stage", str(tmp_path / f"scores-{s}.yaml"))]
-    assert dna_select.main(args + ["--budget", "394000", "-v"]) == 0
+    assert dna_select.main(args + ["--budget", "394000 KMACs", "-v"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out)["stages"] == ANSWERS["exact_optimum"]["stages"]
     assert "search" in captured.err and "stage 1: 1296 (depth 4) candidates" in captured.err
-    assert dna_select.main(args + ["--budget", "394000", "--cost", "params"]) == 2
+    assert dna_select.main(args + ["--budget", "394000 KMACs", "--cost", "params"]) == 2
     assert "cost-params.json" in capsys.readouterr().err
 
 
 def test_cli_takes_the_files_as_arguments_too(capsys):
     table = ["--cost-table", str(EXAMPLE / "cost_table.json")]
-    assert dna_select.main([*map(str, EXAMPLE_FILES), "--budget", "394000", *table]) == 0
+    assert dna_select.main([*map(str, EXAMPLE_FILES), "--budget", "394000 KMACs", *table]) == 0
     assert json.loads(capsys.readouterr().out)["stages"] == ANSWERS["exact_optimum"]["stages"]
     for argv in ([str(EXAMPLE_FILES[0]), "--potentials", str(EXAMPLE_FILES[1])], []):
         with pytest.raises(SystemExit) as exit_:
-            dna_select.main(argv + ["--budget", "1", *table])
+            dna_select.main(argv + ["--budget", "1 KMACs", *table])
         assert exit_.value.code == 2
     assert "potential files" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    rc = dna_select.main(["--potentials", *map(str, EXAMPLE_FILES), "--budget", "100",
+    rc = dna_select.main(["--potentials", *map(str, EXAMPLE_FILES), "--budget", "100 KMACs",
                           "--cost-table", str(EXAMPLE / "cost_table.json")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("nas-zoo-search dna select: error: no architecture fits the budget 100")
+    assert rc == 2 and err.startswith("nas-zoo-search dna select: error: no architecture fits the budget 100 (100 KMACs)")
     assert err.count("\n") == 1
     bad = tmp_path / "c.json"
     bad.write_text('{"stages": [[[1]]]}')
-    assert dna_select.main(["--potentials", str(EXAMPLE_FILES[0]), "--budget", "1", "--cost-table", str(bad)]) == 2
+    assert dna_select.main(["--potentials", str(EXAMPLE_FILES[0]), "--budget", "1 KMACs", "--cost-table", str(bad)]) == 2
     assert "c.json: field 'fixed': missing" in capsys.readouterr().err
-    assert dna_select.main(["--potentials", str(tmp_path / "nope.yaml"), "--budget", "1"]) == 2
+    assert dna_select.main(["--potentials", str(tmp_path / "nope.yaml"), "--budget", "1 KMACs"]) == 2
     assert "nope.yaml: no such file" in capsys.readouterr().err
 
 
@@ -479,7 +479,7 @@ def test_cli_help(capsys):
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")
 def test_module_entry_point(monkeypatch, capsys):
     """`python -m nas_zoo.search.methods.dna_select ...` (run in this process: the interpreter start is not the point)."""
-    monkeypatch.setattr(sys, "argv", ["dna_select", "--potentials", *map(str, EXAMPLE_FILES), "--budget", "394000",
+    monkeypatch.setattr(sys, "argv", ["dna_select", "--potentials", *map(str, EXAMPLE_FILES), "--budget", "394000 KMACs",
                                       "--cost-table", str(EXAMPLE / "cost_table.json")])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("nas_zoo.search.methods.dna_select", run_name="__main__")

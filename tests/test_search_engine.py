@@ -84,11 +84,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         return step
 
     loop = _tiny_loop(tmp_path, make_step)
-    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 0, batch 3"):
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 0, batch 3 of phase .train."):
         loop.run()
     ckpt = load_checkpoint(tmp_path / "loop.pt")
-    assert ckpt["loop"]["batch_in_epoch"] == 3
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert ckpt["loop"]["batch_in_phase"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["modules"]["model"].values())
 
 
 def test_loop_resumes_mid_epoch_to_the_same_weights(tmp_path):
@@ -118,7 +118,7 @@ def test_loop_resumes_mid_epoch_to_the_same_weights(tmp_path):
 
     with pytest.raises(Stop):
         _tiny_loop(tmp_path / "b", make_stopping_step).run()
-    assert load_checkpoint(tmp_path / "b" / "loop.pt")["loop"]["batch_in_epoch"] == 2
+    assert load_checkpoint(tmp_path / "b" / "loop.pt")["loop"]["batch_in_phase"] == 2
     torch.manual_seed(123)  # a fresh process would not share the old RNG state
     resumed = _tiny_loop(tmp_path / "b", make_step)
     resumed.run()

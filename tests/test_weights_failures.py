@@ -12,7 +12,7 @@ import torch
 import nas_zoo
 from hf_cache import offline_hub, seed_hf_cache  # noqa: F401  (fixture)
 from nas_zoo.cli import main as cli
-from nas_zoo.export import ConversionError, FolderError, check_model_folder, convert_checkpoint
+from nas_zoo.hub import ConversionError, FolderError, check_model_folder, convert_checkpoint
 from reference import write_official_checkpoint
 
 NAME = "cream_14"  # the smallest zoo model (64px)
@@ -170,8 +170,8 @@ def test_push_uploads_a_valid_folder(folder, monkeypatch, capsys):
 
 
 def test_conversion_that_is_not_exact_writes_nothing(tmp_path, monkeypatch):
-    import nas_zoo.export as export
-    real = export.load_model_folder
+    import nas_zoo.hub as hub
+    real = hub.load_model_folder
 
     def off_by_a_bit(folder, **kwargs):
         model = real(folder, **kwargs)
@@ -179,7 +179,7 @@ def test_conversion_that_is_not_exact_writes_nothing(tmp_path, monkeypatch):
             model.classifier.bias.add_(1e-3)
         return model
 
-    monkeypatch.setattr(export, "load_model_folder", off_by_a_bit)
+    monkeypatch.setattr(hub, "load_model_folder", off_by_a_bit)
     ckpt = write_official_checkpoint(NAME, tmp_path)
     with pytest.raises(ConversionError, match=r"not exact: the folder rebuilt from config.json gives logits "
                                               r"1\.0\d*e-03 away"):

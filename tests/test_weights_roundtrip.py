@@ -15,7 +15,7 @@ import torch
 import nas_zoo
 from hf_cache import offline_hub, seed_hf_cache  # noqa: F401  (fixture)
 from nas_zoo.cli import main as cli
-from nas_zoo.export import convert_checkpoint
+from nas_zoo.hub import convert_checkpoint
 from reference import OFFICIAL_CHECKPOINTS, write_official_checkpoint
 
 REPO_DIR = Path(__file__).resolve().parents[1]

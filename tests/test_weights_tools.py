@@ -11,7 +11,7 @@ from PIL import Image
 
 import nas_zoo
 from nas_zoo.cli import main as cli
-from nas_zoo.export import check_model_folder, convert_checkpoint
+from nas_zoo.hub import check_model_folder, convert_checkpoint
 from reference import write_official_checkpoint
 
 NAME = "cream_14"

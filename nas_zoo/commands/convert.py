@@ -51,7 +51,7 @@ def run(args) -> int:
     if special is not None:
         return _run_special(args.name, special, args.rest)
     opts = model_parser(args.name).parse_args(args.rest)
-    from ..export import ConversionError, convert_checkpoint
+    from ..hub import ConversionError, convert_checkpoint
 
     name, tag = args.name, opts.tag
     if not name.endswith((".yaml", ".yml")) and "." in name and not opts.tag:

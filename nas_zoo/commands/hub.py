@@ -26,7 +26,7 @@ def push_folder(folder, repo_id: str, dry_run: bool = False, private: bool = Fal
                 revision: Optional[str] = None, create_pr: bool = False, message: Optional[str] = None,
                 token: Optional[str] = None, out=print):
     """Check `folder` (raises `FolderError`), then upload it. Returns the upload's commit info (None: dry run)."""
-    from ..export import check_model_folder
+    from ..hub import check_model_folder
 
     facts = check_model_folder(folder)
     folder = Path(folder)
@@ -54,7 +54,7 @@ def push_folder(folder, repo_id: str, dry_run: bool = False, private: bool = Fal
 
 
 def run(args) -> int:
-    from ..export import FolderError
+    from ..hub import FolderError
 
     try:
         info = push_folder(args.folder, args.repo_id, dry_run=args.dry_run, private=args.private,

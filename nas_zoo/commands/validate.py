@@ -51,7 +51,7 @@ def create_eval_model(name: str, checkpoint: Optional[str] = None, pretrained: b
                       use_ema: Optional[bool] = None, num_classes: Optional[int] = None):
     import timm
 
-    from ..export import resolve_entry
+    from ..hub import resolve_entry
     from ..registry import adopt_entry, create_from_entry
 
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -118,7 +118,7 @@ def evaluate(model, data_dir: str, batch_size: int = 64, workers: int = 4, devic
 
 
 def run(args) -> int:
-    from ..export import FolderError, measured_today, update_model_card
+    from ..hub import FolderError, measured_today, update_model_card
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = create_eval_model(args.name, checkpoint=args.checkpoint, pretrained=args.pretrained,

@@ -41,6 +41,7 @@ from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import BasicBlock, Bottleneck, downsample_conv
 
 from ..entry import Field
+from ..errors import NasZooError
 from . import Family, register_family
 
 __all__ = ["NetConfig", "NetConfigBlock", "NetConfigError", "parse_net_config", "read_net_config",
@@ -65,12 +66,15 @@ RES_BOTTLENECK_STEM = 32  # official Bottleneck multiplies its in_ch by 4 unless
 # ----------------------------------------------------------------------------------------------------------------
 # the net_config format
 
-class NetConfigError(ValueError):
+class NetConfigError(NasZooError):
     """A net_config that cannot be read; the message names the file and the item."""
 
-    def __init__(self, source: str, where: str, problem: str):
-        self.source, self.where, self.problem = source, where, problem
-        super().__init__(f"{source}: {where}: {problem}")
+    def render(self) -> str:
+        return f"{self.source}: {self.field}: {self.problem}"
+
+    @property
+    def where(self) -> str:
+        return self.field
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from functools import partial
 import torch.nn as nn
 from timm.layers import get_act_layer
 from timm.models._efficientnet_blocks import SqueezeExcite
-from timm.models._efficientnet_builder import _decode_block_str, decode_arch_def, round_channels
+from timm.models._efficientnet_builder import (EfficientNetBuilder, _decode_block_str, decode_arch_def,
+                                                round_channels)
 from timm.models.efficientnet import _create_effnet
 from timm.models.mobilenetv3 import _create_mnv3
 
@@ -130,6 +131,24 @@ def model_kwargs(arch: dict) -> dict:
         kwargs["se_from_exp"] = arch.get("se_from_exp", True)
         kwargs["head_bias"] = arch.get("head_bias", True)
     return kwargs
+
+
+def block_builder(arch: dict, device=None) -> EfficientNetBuilder:
+    """The EfficientNetBuilder that timm's EfficientNet / MobileNetV3 constructor makes for `arch`: the one builder
+    of every block of this family (zoo models, search supernets, cost tables). Drop path is left to the caller."""
+    kw = model_kwargs(arch)
+    extra = {"se_from_exp": kw["se_from_exp"]} if arch["model"] == "mobilenetv3" else {}
+    return EfficientNetBuilder(output_stride=32, pad_type=kw["pad_type"], round_chs_fn=kw["round_chs_fn"],
+                               act_layer=kw["act_layer"], norm_layer=kw["norm_layer"],
+                               se_layer=kw.get("se_layer", SqueezeExcite), device=device, **extra)
+
+
+def build_block(arch: dict, block_string: str, in_chs: int, device=None) -> nn.Module:
+    """One block of `arch`'s family settings from its timm block string."""
+    args, repeats = _decode_block_str(block_string)
+    if repeats != 1:
+        raise ValueError(f"one block is wanted; {block_string!r} repeats it {repeats} times (use _r1_)")
+    return block_builder(arch, device=device)(in_chs, [[args]])[0][0]
 
 
 def build(entry, pretrained: bool = False, **kwargs) -> nn.Module:

@@ -41,6 +41,7 @@ from ..spaces.densenas import (SPACES, DenseArchParams, DenseGraph, DenseNASSpac
                                Sample, build_cost_table, chained_cost, check_cost_table, constrained_path,
                                format_cost_table, path_weights, read_cost_table)
 from ..train import ENGINE_SECTION
+from . import Method
 
 __all__ = ["DenseQuirks", "OFFICIAL_QUIRKS", "arch_forward", "arch_loss_terms", "make_arch_optimizer",
            "rescale_arch_params", "arch_step", "weight_step", "bn_buffers", "restore_bn_buffers"]
@@ -386,7 +387,8 @@ def _score_arch(net: DenseSupernet, arch: dict, loader, ctx: DistContext, max_ba
     return {"val_loss": float(totals[0]) / n, "val_top1": 100.0 * float(totals[1]) / n}
 
 
-def run_densenas(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>") -> Dict[str, Any]:
+def run_densenas(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>",
+                 logger: Optional[RunLogger] = None) -> Dict[str, Any]:
     from timm.scheduler import CosineLRScheduler
 
     from ..data import DataConfig, build_dataset, create_loader
@@ -407,7 +409,7 @@ def run_densenas(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<con
                                                     f"({space.cost_range()[0]:.4g} by the cost table)")
     quirks = DenseQuirks(final_double_softmax=s["final_double_softmax"], adam_moves_unsampled=s["adam_moves_unsampled"],
                          arch_step_bn_stats=s["arch_step_bn_stats"])
-    logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
+    logger = logger or RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
     device = ctx.device
 
     net = space.supernet(num_classes, final_double_softmax=quirks.final_double_softmax).to(device)
@@ -879,6 +881,17 @@ def validate_config(data: dict, source: str = "<config>") -> dict:
     return validate(data, SCHEMA, source)
 
 
-# what the framework's method discovery reads
-METHOD_SPEC = {"name": "densenas", "help": "DenseNAS: dense super network, chained cost, Viterbi derivation",
-               "schema": SCHEMA, "check": check_config, "run": run_densenas, "commands": COMMANDS}
+def run(job) -> Dict[str, Any]:
+    result = run_densenas(job.cfg, job.run_dir, job.ctx, job.source, logger=job.logger)
+    if job.ctx.is_main:
+        fig = plot_search(job.run_dir)
+        result["summary"] = (f"searched {result['summary']}\n  entry: {result['entry']}\n  net_config: "
+                             f"{Path(job.run_dir) / 'net_config'}" + (f"\n  figure: {fig}" if fig else ""))
+    return result
+
+
+METHOD = Method(name="densenas", help="DenseNAS: dense super network, chained cost, Viterbi derivation",
+                description="Warm-up weight passes, then per epoch an architecture pass on the held-out split and "
+                            "a weight pass; Viterbi derivation (or the best path under search.ceiling); "
+                            "RUN_DIR/entry.yaml and RUN_DIR/net_config (official format).",
+                schema=SCHEMA, check=check_config, run=run, commands=COMMANDS)

@@ -32,9 +32,11 @@ import torch.nn.functional as F
 import yaml
 
 from ..config import ConfigError, Opt, dump_yaml
+from . import Method
+from ..cost import DISPLAY_UNITS, Budget, check_budget
 from ..engine import (DistContext, RunError, RunLogger, TrainLoop, convert_sync_batchnorm, load_checkpoint, progress,
                       save_checkpoint, seed_everything, unwrap, wrap_ddp)
-from ..spaces.dna import PRIMITIVES, DNASupernet, parse_op
+from ..spaces.dna import PRIMITIVES, DNASupernet, dna_space, parse_op
 from ..train import ENGINE_SECTION, TRAIN_SECTION
 
 __all__ = ["SCHEMA", "run_dna", "match_stages", "teacher_block_shapes", "potential_metrics", "METRICS",
@@ -81,8 +83,7 @@ SCHEMA = {
                                                 "official code does (for process_potential.py)"),
     },
     "search": {
-        "budget": Opt(float, help="budget of the found model: millions of MACs / params, or ms of latency"),
-        "cost": Opt(str, "macs", choices=("macs", "params", "latency"), help="what the budget limits"),
+        "budget": Opt(str, help="budget of the found model with its unit: '6 MMACs', '3.4 M params', '12 ms'"),
         "metric": Opt(str, "cl_loss", choices=METRICS),
         "image_size": Opt((int, type(None)), None, help="resolution the MACs are counted at (None: data.image_size)"),
     },
@@ -131,6 +132,20 @@ def check_config(cfg: dict, source: str) -> None:
         for i, s in enumerate(cfg["distill"]["stages"]):
             if not isinstance(s, int) or not 0 <= s < len(stages):
                 raise ConfigError(source, f"distill.stages[{i}]", f"expected a stage index in [0, {len(stages) - 1}]")
+    check_budget_feasible(cfg, source)
+
+
+def check_budget_feasible(cfg: dict, source: str) -> None:
+    """The budget against the space's cheapest and most expensive architecture, from the cost tables alone
+    (meta-device counts, seconds): an infeasible budget fails before any training, and again on resume."""
+    from ..data import DataConfig, build_dataset
+    budget = Budget.parse(cfg["search"]["budget"], source, "search.budget")
+    if budget.metric == "latency":
+        return  # measured on the device at the end of the run; nothing to price beforehand
+    data_cfg = DataConfig.from_dict(cfg["data"], where="data")
+    num_classes = build_dataset(data_cfg, "train").num_classes
+    lo, hi = dna_space(cfg).cost_range(budget.metric, _image_size(data_cfg, cfg), num_classes)
+    check_budget(budget, lo, hi, source)
 
 
 # ----------------------------------------------------------------------------------------- teacher
@@ -318,37 +333,15 @@ def stage_widths(cfg: dict) -> List[int]:
     return [hidden for hidden, _, _ in cfg["supernet"]["stages"]]
 
 
-def export_arch(cfg: dict, supernet: DNASupernet, paths: Sequence[Sequence[int]]) -> dict:
-    e = cfg["export"]
-    return {"model": "efficientnet",
-            "block_args": [[cfg["supernet"]["stem_block"]]] + supernet.block_strings(paths, stage_widths(cfg)),
-            "stem_size": e["stem_size"], "num_features": e["num_features"], "act_layer": "swish", "bn_eps": 1e-5,
-            "drop_rate": e["drop_rate"], "drop_path_rate": e["drop_path_rate"]}
+def export_arch(cfg: dict, paths: Sequence[Sequence[int]]) -> dict:
+    """The efficientnet-family arch of a chosen path (the stages' widths, the family's builder)."""
+    return dna_space(cfg).entry_arch([list(p) for p in paths])
 
 
-COST_SCALE = {"macs": 1e6, "params": 1e6, "latency": 1.0}  # config budgets: MMACs, M params, ms
-
-
-def cost_tables(cfg: dict, supernet: DNASupernet, image_size: int, num_classes: int,
-                metrics: Sequence[str] = ("macs", "params")):
-    """Lookup tables (nas_zoo.search.cost) of the retrained net: every op of every searched layer, plus the fixed
-    stem and head, measured at `image_size`; MACs and parameters are exact sums."""
-    from timm.models.efficientnet import EfficientNet
-    from ...families.efficientnet import model_kwargs
-    from ..cost import chain_layers, fixed_parts, measure_cost_tables
-    from ..spaces.dna import op_block_string
-
-    widths = stage_widths(cfg)
-    stages = [[[op_block_string(op, stride if layer == 0 else 1, widths[s]) for op in supernet.ops]
-               for layer in range(layers)] for s, (_, stride, layers) in enumerate(cfg["supernet"]["stages"])]
-    arch = export_arch(cfg, supernet, [[0] * d for d in supernet.depths])
-    with torch.device("meta"):
-        child = EfficientNet(num_classes=num_classes, **model_kwargs(arch))
-    names = ["conv_stem", "bn1", "blocks.0", "conv_head", "bn2", "global_pool", "classifier"]
-    fixed = fixed_parts(child, (3, image_size, image_size), names)
-    first_input = fixed_parts(child, (3, image_size, image_size), ["blocks.1"])[0].input_size
-    layers = chain_layers(stages, first_input)
-    return measure_cost_tables(layers, tuple(metrics), fixed=fixed, device="cpu", batch_size=1)
+def cost_tables(cfg: dict, image_size: int, num_classes: int, metrics: Sequence[str] = ("macs", "params")):
+    """Lookup tables (nas_zoo.search.cost) of the entries DNA writes: every op of every searched layer, plus the
+    fixed stem and head, measured at `image_size`; MACs and parameters are exact sums."""
+    return dna_space(cfg).cost_tables(tuple(metrics), image_size, num_classes)
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -363,7 +356,8 @@ class _Stage(nn.Module):
         return self.stage(x, path)
 
 
-def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>") -> Dict[str, Any]:
+def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>",
+            logger: Optional[RunLogger] = None) -> Dict[str, Any]:
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
     from ..data import DataConfig, build_dataset, create_loader
@@ -376,7 +370,9 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
     train_ds = build_dataset(data_cfg, "train")
     val_ds = build_dataset(data_cfg, "val")
     image_size = _image_size(data_cfg, cfg)
-    logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
+    own_logger = logger is None
+    if own_logger:
+        logger = RunLogger(run_dir / "log.jsonl", ctx, tensorboard=cfg["engine"]["tensorboard"])
 
     # 1. teacher: its blocks are matched to the student stages before anything is trained
     teacher_weights = run_dir / "teacher" / "model.pt"
@@ -494,7 +490,8 @@ def run_dna(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<config>"
         supernet.stages[s].load_state_dict(load_checkpoint(run_dir / "stages" / f"stage{s}_weights.pt"))
     result = search_and_export(cfg, supernet, run_dir, train_ds.num_classes, image_size, source, ctx)
     logger.log({"phase": "search", **{k: v for k, v in result.items() if not isinstance(v, (list, dict))}})
-    logger.close()
+    if own_logger:
+        logger.close()
     return result
 
 
@@ -520,29 +517,30 @@ def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_class
     pot_dir = run_dir / "potentials"
     pot_files = [str(pot_dir / f"potential-{s}.yaml") for s in range(len(supernet.stages))]
     stages = dna_select.load_potentials(pot_files)
-    kind = cfg["search"]["cost"]
+    budget = Budget.parse(cfg["search"]["budget"], source, "search.budget")
+    kind = budget.metric
     metrics = ("macs", "params") + (("latency",) if kind == "latency" else ())
-    tables = cost_tables(cfg, supernet, image_size, num_classes, metrics)
+    tables = cost_tables(cfg, image_size, num_classes, metrics)
     if ctx.is_main:
         for name, table in tables.items():
             table.save(pot_dir / f"cost-{name}.json")
-    budget = cfg["search"]["budget"] * COST_SCALE[kind]
-    selection = dna_select.select(stages, tables[kind], budget, metric=cfg["search"]["metric"])
+    selection = dna_select.select(stages, tables[kind], budget.in_unit(tables[kind].unit),
+                                  metric=cfg["search"]["metric"])
+    scale, unit = DISPLAY_UNITS[kind]
     paths = [list(map(int, p)) for p in selection.stages]
-    arch = export_arch(cfg, supernet, paths)
+    arch = export_arch(cfg, paths)
     supernet_file = run_dir / "supernet.pt"
     entry = load_entry({
         "name": cfg["name"], "family": "efficientnet",
         "description": f"Searched by DNA (nas_zoo.search) with teacher "
-                       f"{cfg['teacher']['model'] or 'trained from teacher.arch'} under {cfg['search']['budget']:g} "
-                       f"{dict(macs='MMACs', params='M params', latency='ms')[kind]} at {image_size}px.",
+                       f"{cfg['teacher']['model'] or 'trained from teacher.arch'} under {budget} at {image_size}px.",
         "arch": arch, "pretrained": {},
         "provenance": {
             "method": "dna", "config": str(run_dir / "resolved.yaml"), "data": copy.deepcopy(cfg["data"]),
             "potentials": pot_files, "supernet": str(supernet_file),
             "supernet_op_indices": paths, "ops": list(supernet.ops),
-            "cost": {"kind": kind, "image_size": image_size, "budget": cfg["search"]["budget"],
-                     "value": float(selection.cost) / COST_SCALE[kind],
+            "cost": {"kind": kind, "image_size": image_size, "budget": str(budget), "unit": unit,
+                     "budget_value": budget.value / scale, "value": float(selection.cost) / scale,
                      "macs_m": tables["macs"].price(paths) / 1e6, "params_m": tables["params"].price(paths) / 1e6,
                      "tables": {k: str(pot_dir / f"cost-{k}.json") for k in tables}},
             "score": {"metric": cfg["search"]["metric"], "sum": float(selection.score)},
@@ -556,3 +554,24 @@ def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_class
     return {"status": "done", "entry": str(run_dir / "entry.yaml"), "name": cfg["name"], "paths": paths,
             "score": float(selection.score), "macs": tables["macs"].price(paths) / 1e6,
             "params": tables["params"].price(paths) / 1e6, "block_args": arch["block_args"]}
+
+
+# ----------------------------------------------------------------------------------------- the method
+def run(job) -> Dict[str, Any]:
+    result = run_dna(job.cfg, job.run_dir, job.ctx, source=job.source, logger=job.logger)
+    if result.get("status") == "done":
+        result["summary"] = (f"searched {result['name']}: {result['macs']:.3f} MMACs, {job.cfg['search']['metric']} "
+                             f"sum {result['score']:.4f}\n  entry: {result['entry']}")
+    return result
+
+
+def _select_command(argv) -> int:
+    from . import dna_select
+    return dna_select.main(argv)
+
+
+METHOD = Method(
+    name="dna", help="DNA: block-wise distillation search (or `dna select ...`: selection only)",
+    description="Run DNA end to end: teacher, supernet distillation per stage, architecture potentials, constrained "
+                "selection, export of RUN_DIR/entry.yaml.",
+    schema=SCHEMA, check=check_config, run=run, commands={"select": _select_command})

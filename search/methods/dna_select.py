@@ -35,7 +35,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import yaml
 
-from ..cost import CostTable, CostTableError
+from ...errors import NasZooError
+from ..cost import Budget, CostTable, CostTableError, UNITS
 
 __all__ = ["StagePotentials", "Selection", "pareto_front", "CostTable", "CostTableError", "PotentialFileError",
            "InfeasibleBudgetError", "load_potentials", "load_potential_file", "save_potentials", "select", "main",
@@ -51,22 +52,19 @@ NOT_A_LOSS = {"top_index": "a ranking, not a metric", "prec1": "an accuracy (hig
 PathLike = Union[str, Path]
 
 
-class PotentialFileError(ValueError):
+class PotentialFileError(NasZooError):
     """A malformed or inconsistent potential file. The message names the file and the field."""
 
-    def __init__(self, source: str, field_path: str, problem: str):
-        self.source, self.field, self.problem = source, field_path, problem
-        super().__init__(f"{source}: field '{field_path}': {problem}" if field_path else f"{source}: {problem}")
 
-
-class InfeasibleBudgetError(ValueError):
+class InfeasibleBudgetError(NasZooError):
     """No architecture fits the budget."""
 
-    def __init__(self, budget: float, minimum: float, unit: str = ""):
+    def __init__(self, budget: float, minimum: float, unit: str = "", shown: str = ""):
         self.budget, self.minimum = budget, minimum
         unit = f"; unit: {unit}" if unit else ""
-        super().__init__(f"no architecture fits the budget {_fmt(budget)}: the cheapest one costs {_fmt(minimum)} "
-                         f"(fixed part plus the cheapest candidate of every stage{unit})")
+        shown = f" ({shown})" if shown else ""
+        super().__init__(f"no architecture fits the budget {_fmt(budget)}{shown}: the cheapest one costs "
+                         f"{_fmt(minimum)} (fixed part plus the cheapest candidate of every stage{unit})")
 
 
 def _fmt(x: float) -> str:
@@ -615,10 +613,15 @@ several depths of it. Costs: --cost-table FILE.json {"stages": [[[cost per op] p
 folder of the first potential file (written by the search run). See docs/dna_select.md.
 
 examples:
-  nas-zoo-search dna select --potentials run/potential-{0,1,2,3,4}.yaml --budget 394000 \\
+  nas-zoo-search dna select --potentials run/potential-{0,1,2,3,4}.yaml --budget "394000 KMACs" \\
       --cost-table cost_table.json
-  nas-zoo-search dna select run/potential-*.yaml --budget 4e8 --cost params
-  nas-zoo-search dna select --stage a/potential-0.yaml --stage b/d3.yaml b/d4.yaml --budget 4e8"""
+  nas-zoo-search dna select run/potential-*.yaml --budget "4 M params" --cost params
+  nas-zoo-search dna select --stage a/potential-0.yaml --stage b/d3.yaml b/d4.yaml --budget "400 MMACs"
+"""
+
+
+def _default_unit(cost: str) -> str:
+    return UNITS[cost]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -631,8 +634,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "from our format's 'stage' field")
     files.add_argument("--stage", nargs="+", action="append", metavar="FILE", dest="groups",
                        help="the potential files of one stage (one per depth); repeat once per stage, in order")
-    p.add_argument("--budget", type=float, required=True, metavar="N",
-                   help="maximum total cost, fixed part included, in the cost table's unit")
+    p.add_argument("--budget", required=True, metavar="N UNIT",
+                   help="maximum total cost, fixed part included, with its unit: '5 MMACs', '394000 KMACs', "
+                        "'3.4 M params', '12 ms' (converted to the cost table's unit)")
     costs = p.add_mutually_exclusive_group()
     costs.add_argument("--cost-table", type=Path, metavar="FILE.json", help="per-op cost table (JSON)")
     costs.add_argument("--cost", choices=("macs", "params", "latency"), default="macs",
@@ -664,10 +668,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise CostTableError(str(table_path), "<file>", "no --cost-table given and the search run's table is not "
                                                              "there; pass --cost-table FILE.json")
         costs = CostTable.from_json(table_path)
+        budget = Budget.parse(args.budget, "--budget", "budget")
         t1 = time.perf_counter()
-        result = select(potentials, costs, args.budget, args.metric)
+        try:
+            result = select(potentials, costs, budget.in_unit(costs.unit or _default_unit(args.cost)), args.metric)
+        except InfeasibleBudgetError as e:
+            raise InfeasibleBudgetError(e.budget, e.minimum, costs.unit, shown=str(budget)) from None
         t2 = time.perf_counter()
-    except ValueError as e:
+    except (NasZooError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     print(result.to_json(), flush=True)

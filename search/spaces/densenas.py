@@ -38,7 +38,8 @@ from timm.models.resnet import BasicBlock, downsample_conv
 from nas_zoo.families.densenas import (MBV2_BN_EPS, MBV2_OPS, RES_BN_EPS, SKIP_OP, NetConfig, NetConfigBlock,
                                        _MBV2_WITH_EXPANSION, _MBV2_WITHOUT_EXPANSION)
 
-from ..cost import timm_block
+from ..cost import CostTableError, timm_block
+from . import Space, SpaceError, register_space
 
 __all__ = ["DenseSpaceConfig", "MBV2_SPACE", "RESNET_SPACE", "SPACES", "DenseGraph", "DenseSupernet",
            "DenseArchParams", "Sample", "CostTableFormatError", "read_cost_table", "format_cost_table",
@@ -496,10 +497,8 @@ def official_supernet_to_ours(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 # cost tables (official four-element layout) and the chained estimate
 
-class CostTableFormatError(ValueError):
-    def __init__(self, source: str, where: str, problem: str):
-        self.source, self.where, self.problem = source, where, problem
-        super().__init__(f"{source}: {where}: {problem}")
+class CostTableFormatError(CostTableError):
+    """An official-format cost table that cannot be read or does not fit the space's graph."""
 
 
 def read_cost_table(path: Union[str, Path]) -> list:
@@ -748,12 +747,11 @@ def build_cost_table(cfg: DenseSpaceConfig, metric: str = "macs", *, num_classes
 # ----------------------------------------------------------------------------------------------------------------
 # the space as data: architectures, their exact cost, the child network and its weights
 
-class DenseSpaceError(ValueError):
-    """An architecture that is not in the space; names the field."""
+class DenseSpaceError(SpaceError):
+    """An architecture that is not in the space; names the field (``arch.path[1]``, ``arch.head[0]`` ...)."""
 
     def __init__(self, field: str, problem: str):
-        self.field, self.problem = field, problem
-        super().__init__(f"arch.{field}: {problem}")
+        super().__init__("arch", f"arch.{field}", problem)
 
 
 def _softmax_np(v) -> np.ndarray:
@@ -762,7 +760,7 @@ def _softmax_np(v) -> np.ndarray:
     return e / e.sum()
 
 
-class DenseNASSpace:
+class DenseNASSpace(Space):
     """A dense space with its cost table. An architecture is JSON data::
 
         {"path": [0, n1, ..., final], "head": [op per routing block on the path],
@@ -1025,3 +1023,15 @@ def constrained_path(space: DenseNASSpace, arch_params: DenseArchParams, ceiling
         raise DenseSpaceError("path", f"no path fits the ceiling {ceiling:g} {space.metric} with the argmax ops "
                                       f"(the cheapest child of the space costs {lo:g})")
     return list(labels[n - 1][0][2])
+
+
+def _space_factory(base: str):
+    def make(num_classes: int = 1000, table: Optional[list] = None, metric: str = "macs", **changes):
+        cfg = replace(SPACES[base], num_classes=num_classes,
+                      **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+        return DenseNASSpace(cfg, table=table, metric=metric)
+    return make
+
+
+register_space("densenas_mbv2", _space_factory("mbv2"))
+register_space("densenas_resnet", _space_factory("resnet"))

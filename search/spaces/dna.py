@@ -1,8 +1,9 @@
 """DNA's search space: a stem plus searched stages whose every layer chooses one MBConv among PRIMITIVES.
 
-Each candidate op is built by timm's own `EfficientNetBuilder` from a timm block string, so a chosen path is
-the list of block strings that `nas_zoo`'s efficientnet family builds (one `ir_r1_...` string per layer), and
-its weights load into the retrained model layer by layer.
+Each candidate op is built by the efficientnet family's builder (timm's `EfficientNetBuilder` with the family
+settings) from a timm block string, so a chosen path is the list of block strings that the family builds (one
+`ir_r1_...` string per layer), and its weights load into the retrained model layer by layer. What DNA exports and
+prices is the `MBConvChainSpace` of `dna_space(cfg)`: the same blocks at the stages' widths.
 
 The official supernet (changlin31/DNA `searching/dna/student_supernet.py`): stem Conv3x3-BN-swish(32, s2) +
 DS(32->16, se0.25); six stages [hidden, stride, layers] = [24,2,2] [40,2,4] [80,2,4] [112,1,4] [192,2,4]
@@ -11,54 +12,28 @@ so the MSE against the teacher block is taken directly.
 """
 from __future__ import annotations
 
-import re
-from functools import partial
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 from timm.layers import create_conv2d
-from timm.models._efficientnet_blocks import SqueezeExcite
-from timm.models._efficientnet_builder import EfficientNetBuilder, decode_arch_def
+
+from .ops import PRIMITIVES, op_block_string, parse_op
 
 __all__ = ["PRIMITIVES", "op_block_string", "parse_op", "ChoiceLayer", "SupernetStage", "DNASupernet",
-           "build_block"]
+           "build_block", "dna_space"]
 
-# official order (searching/dna/operations.py PRIMITIVES); op index i in a potential file means PRIMITIVES[i]
-PRIMITIVES = ("MB6_3x3_se0.25", "MB6_5x5_se0.25", "MB6_7x7_se0.25", "MB3_3x3_se0.25", "MB3_5x5_se0.25",
-              "MB3_7x7_se0.25")
-_OP_RE = re.compile(r"^MB(?P<e>\d+)_(?P<k>\d+)x(?P=k)(?:_se(?P<se>\d*\.?\d+))?$")
-
-
-def parse_op(name: str) -> Tuple[int, int, Optional[float]]:
-    """'MB6_5x5_se0.25' -> (expansion 6, kernel 5, se 0.25); the official OPS naming (MB1 = depthwise-separable)."""
-    m = _OP_RE.match(name)
-    if not m:
-        raise ValueError(f"unknown op {name!r}; expected an official DNA op name such as 'MB6_3x3_se0.25' "
-                         "(MB<expansion>_<k>x<k>[_se<ratio>])")
-    return int(m["e"]), int(m["k"]), (float(m["se"]) if m["se"] else None)
-
-
-def op_block_string(op: str, stride: int, out_chs: int) -> str:
-    """The timm block string of one op: 'MB6_5x5_se0.25', s2, 40 -> 'ir_r1_k5_s2_e6_c40_se0.25'."""
-    e, k, se = parse_op(op)
-    se_part = f"_se{se:g}" if se else ""
-    if e == 1:
-        return f"ds_r1_k{k}_s{stride}_c{out_chs}{se_part}"
-    return f"ir_r1_k{k}_s{stride}_e{e}_c{out_chs}{se_part}"
-
-
-def _builder() -> EfficientNetBuilder:
-    # the settings of nas_zoo's efficientnet family for DNA entries: swish, BN eps 1e-5, SE width from the
-    # block input, symmetric padding; channels are taken as given (widths come from the config / teacher)
-    return EfficientNetBuilder(output_stride=32, pad_type="", round_chs_fn=lambda c: c, se_from_exp=False,
-                               act_layer=nn.SiLU, norm_layer=nn.BatchNorm2d, se_layer=SqueezeExcite)
+# DNA's blocks: the efficientnet family with the official DNA settings (swish, BN eps 1e-5, SE width from the
+# block input, symmetric padding); every block comes from the family's own builder
+FAMILY_SETTINGS = {"model": "efficientnet", "stem_size": 32, "num_features": 1280, "act_layer": "swish",
+                   "bn_eps": 1e-5, "block_args": [["ds_r1_k3_s1_c16"]]}
 
 
 def build_block(block_string: str, in_chs: int) -> nn.Module:
-    """One timm block (InvertedResidual / DepthwiseSeparableConv) from its block string."""
-    stages = _builder()(in_chs, decode_arch_def([[block_string]]))
-    return stages[0][0]
+    """One timm block (InvertedResidual / DepthwiseSeparableConv) from its block string, by the family builder.
+    Widths follow the family's channel rounding, as in the entries DNA writes."""
+    from nas_zoo.families.efficientnet import build_block as family_block
+    return family_block(FAMILY_SETTINGS, block_string, in_chs)
 
 
 class ChoiceLayer(nn.Module):
@@ -143,3 +118,12 @@ class DNASupernet(nn.Module):
             width = hidden if widths is None else widths[s]
             out.append([op_block_string(self.ops[c], stride if i == 0 else 1, width) for i, c in enumerate(path)])
         return out
+
+
+def dna_space(cfg: dict):
+    """The MBConv chain space of a DNA config: what DNA prices, selects from and writes as entries."""
+    from .mbconv import MBConvChainSpace
+    e, s = cfg["export"], cfg["supernet"]
+    return MBConvChainSpace(stages=[tuple(st) for st in s["stages"]], ops=s["ops"], stem_size=e["stem_size"],
+                            head_blocks=(s["stem_block"],), num_features=e["num_features"], act_layer="swish",
+                            bn_eps=1e-5, drop_rate=e["drop_rate"], drop_path_rate=e["drop_path_rate"], name="dna")

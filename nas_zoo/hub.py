@@ -30,9 +30,10 @@ import yaml
 
 from . import __version__
 from .checkpoint import CheckpointError, save_file_atomic
+from .errors import NasZooError
 from .entry import ArchEntry, EntryError, load_entry
 from .families import get_family
-from .registry import ENTRY_ARG, create_from_entry, family_architecture, get_entry
+from .registry import ENTRY_ARG, create_from_entry, family_architecture, get_entry, reference_state_shapes
 from .weights import HF_WEIGHTS_FILE, official_state_dict
 
 __all__ = ["ConversionError", "FolderError", "convert_checkpoint", "check_model_folder", "load_model_folder",
@@ -45,11 +46,11 @@ RESULTS_BEGIN, RESULTS_END = "<!-- nas-zoo:results -->", "<!-- /nas-zoo:results 
 PROBE_SEED = 0
 
 
-class ConversionError(ValueError):
+class ConversionError(NasZooError):
     """A conversion that did not reproduce the official model exactly."""
 
 
-class FolderError(ValueError):
+class FolderError(NasZooError):
     """A model folder that is not fit to load or to publish; the message lists every problem found."""
 
 
@@ -130,7 +131,7 @@ def convert_checkpoint(entry: Union[str, ArchEntry], checkpoint: Union[str, os.P
         raise ConversionError(f"{out_dir} already holds {existing}; choose another --out or pass --overwrite")
     repo_id = repo_id or default_repo_id(entry, tag)
 
-    _, weights_key = official_state_dict(entry, checkpoint, use_ema=use_ema, tag=tag)  # which copy, for the card
+    _, weights_key = official_state_dict(entry, checkpoint, reference_state_shapes(entry), use_ema=use_ema, tag=tag)  # which copy, for the card
     # the official-format load, exactly as users do it
     official = create_from_entry(entry, pretrained=True, pretrained_cfg=tag or None,
                                  pretrained_cfg_overlay=dict(file=str(checkpoint)),

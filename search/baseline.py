@@ -1,0 +1,35 @@
+"""The honest baseline of NAS: random architectures of the same space at the found architecture's cost.
+
+A search result means something only beside what chance gives at the same cost, trained with the same recipe.
+`same_cost_archs` draws them (rejection sampling within a relative cost tolerance, widened step by step when the
+space has few such architectures).
+"""
+from __future__ import annotations
+
+from typing import Any, List
+
+import numpy as np
+
+__all__ = ["same_cost_archs"]
+
+
+def same_cost_archs(space, arch: Any, n: int = 3, rng: np.random.RandomState | None = None, metric: str = "macs",
+                    tolerance: float = 0.05, tries: int = 2000, **cost_kw) -> List[Any]:
+    """`n` random architectures of `space`, other than `arch`, costing within `tolerance` (relative) of it."""
+    rng = rng if rng is not None else np.random.RandomState(0)
+    target = space.cost(arch, metric, **cost_kw)
+    found: List[Any] = []
+    tol = tolerance
+    while len(found) < n:
+        for _ in range(tries):
+            cand = space.sample(rng)
+            if cand == arch or cand in found:
+                continue
+            if abs(space.cost(cand, metric, **cost_kw) - target) <= tol * target:
+                found.append(cand)
+                if len(found) == n:
+                    break
+        tol *= 2
+        if tol > 1.0 and len(found) < n:
+            raise ValueError(f"the space has fewer than {n} other architectures near the cost {target:g}")
+    return found
