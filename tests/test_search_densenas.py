@@ -116,7 +116,7 @@ def test_resnet_space_with_a_hard_ceiling(tmp_path):
 
 @pytest.mark.parametrize("key,value,message", [
     ("space.stages", [0, 1, 2], "stages: expected 7 entries"),
-    ("space.head_ops", ["mbconv_k3_t3"], "at least 2"),
+    ("space.stack_ops", ["skip_connect"], "at least 2"),
     ("search.warmup_epochs", 5, "warmup_epochs"),
     ("cost.table", "/no/such/table", "no such file"),
     ("space.base", "vit", "expected one of"),

@@ -318,3 +318,48 @@ def test_resnet_chained_cost_and_derivation(meta):
     text = derive_net_config(graph, arch).to_text()
     assert text == search_step_file(FAMILY, "net_config_res").read_text()
     assert parse_net_config(text).to_text() == text
+
+
+def test_float32_step_results_at_the_readme_tolerance(meta, nets, table):
+    """The float32 files: alpha after Adam / rescale within 2 lr (a near-zero Adam update may flip sign) and within
+    1e-6 almost everywhere; weight-step gradients loosely (cosine), their sums |grad| within 1 %."""
+    net = nets["f32"]
+    arch = _arch(net.graph, "arch_params_init_mbv2.npz")
+    x, y = _inputs(meta, torch.float32)
+    sample = _samples(meta, "arch")
+    opt = make_arch_optimizer(arch)
+    old = [p.detach().clone() for p in arch.alphas()]
+    arch_step(net, arch, opt, table, x, y, sample, quirks=OFFICIAL_QUIRKS, **MBV2)
+    ours = {n: p.detach().numpy() for n, p in arch.named_parameters()}
+    ref = _npz("arch_after_rescale.npz")
+    assert _max_diff(ours, ref) <= 6.1e-4
+    diffs = np.concatenate([np.abs(ours[k] - ref[k]).ravel() for k in ref])
+    assert (diffs <= 1e-6).mean() > 0.95
+    # after Adam = after rescale minus the rescale offsets, which only touch sampled entries
+    adam_ref = _npz("arch_after_adam.npz")
+    probe = _arch(net.graph, "arch_params_init_mbv2.npz")
+    with torch.no_grad():
+        for name, p in probe.named_parameters():
+            p.copy_(torch.from_numpy(adam_ref[name]))
+    rescale_arch_params(probe, old, sample)
+    assert _max_diff({n: p.detach().numpy() for n, p in probe.named_parameters()}, _npz("arch_after_rescale.npz")) \
+        <= 1e-6
+
+    keys = json.loads(search_step_file(FAMILY, "state_keys.json").read_text())
+    official = [k for k, _, _ in keys if not k.startswith(ARCH_PREFIXES)]
+    names = dict(zip(official, official_supernet_to_ours({k: k for k in official})))
+    net.zero_grad(set_to_none=True)
+    wsample = _samples(meta, "weight")
+    F.cross_entropy(weight_forward(net, _arch(net.graph, "arch_params_init_mbv2.npz"), x, wsample,
+                                   quirks=OFFICIAL_QUIRKS), y).backward()
+    params = dict(net.named_parameters())
+    grads = _npz("weight_step_grads.npz")
+    for k, ref in grads.items():
+        g = params[names[k]].grad.numpy().ravel()
+        if np.abs(ref).max() > 1e-3:
+            assert g @ ref.ravel() / (np.linalg.norm(g) * np.linalg.norm(ref)) > 0.99, k
+    with_grad = meta["mbv2"]["weight_step"]["params_with_grad"]
+    abs_sum = np.load(search_step_file(FAMILY, "weight_step_grad_abs_sum.npy"))
+    ours_sum = np.array([float(params[names[k]].grad.abs().sum()) for k in with_grad])
+    np.testing.assert_allclose(ours_sum, abs_sum, rtol=1e-2, atol=1e-3)
+    net.zero_grad(set_to_none=True)

@@ -283,10 +283,12 @@ def check_config(cfg: dict, source: str) -> None:
     if cfg["cost"]["table"] is not None and not Path(cfg["cost"]["table"]).is_file():
         raise ConfigError(source, "cost.table", f"no such file {cfg['cost']['table']!r}")
     space_config(cfg, 10, source)
-    for key in ("head_ops", "stack_ops"):
-        ops = cfg["space"][key]
-        if ops is not None and len(ops) < 2:
-            raise ConfigError(source, f"space.{key}", "the arch step samples 2 ops per layer: give at least 2")
+    ops = cfg["space"]["stack_ops"]
+    if ops is not None and len(ops) < 2:
+        raise ConfigError(source, "space.stack_ops", "depth is searched by skip_connect beside at least one op: "
+                                                     "give at least 2")
+    if cfg["space"]["head_ops"] is not None and not cfg["space"]["head_ops"]:
+        raise ConfigError(source, "space.head_ops", "expected at least one op")
 
 
 def load_or_build_table(cfg: dict, space_cfg: DenseSpaceConfig, image_size: int, run_dir: Path, ctx: DistContext,

@@ -338,7 +338,8 @@ class Sample:
                 with torch.no_grad():
                     probs = (F.softmax(p.detach().double() / temperature, dim=-1) if policy == "prob"
                              else torch.ones(p.shape, dtype=torch.float64))
-                    picks = torch.multinomial(probs, k, replacement=False, generator=generator)
+                    # a layer with fewer candidates than k (the ResNet head: basic_block only) takes them all
+                    picks = torch.multinomial(probs, min(k, p.shape[1]), replacement=False, generator=generator)
                 out.append([sorted(int(i) for i in row) for row in picks])
             return out
 
@@ -442,9 +443,10 @@ class DenseSupernet(nn.Module):
         y = F.adaptive_avg_pool2d(y, 1).flatten(1)
         return self.classifier(y)
 
-    def forward_arch(self, x: torch.Tensor, arch: Mapping[str, Any]) -> torch.Tensor:
+    def forward_arch(self, x: torch.Tensor, arch: Mapping[str, Any], head: bool = True) -> torch.Tensor:
         """Only the architecture's path and ops, each with weight 1: the derived network with inherited weights
-        (`DenseNASSpace` architecture format)."""
+        (`DenseNASSpace` architecture format). ``head=False`` stops after the last block (a ResNet child, which has
+        no final conv1x1, continues from there with its own classifier)."""
         cfg, path = self.cfg, arch["path"]
         x = self.stem(x)
         for k, (prev, node) in enumerate(zip(path[:-2], path[1:-1])):
@@ -453,8 +455,8 @@ class DenseSupernet(nn.Module):
             x = block.head_layer.head_branches[branch]._ops[cfg.head_ops.index(arch["head"][k])](x)
             for l, op in enumerate(arch["stack"][k]):
                 x = block.stack_layers.stack_layers[l]._ops[cfg.stack_ops.index(op)](x)
-        if cfg.net_type != "mbv2":
-            return x  # RES_Net has no final conv1x1: features of the last block
+        if not head:
+            return x
         branch = self.graph.inputs[-1]["in_block_idx"].index(path[-2])
         x = self.conv1_1_block.conv1_1_branches[branch].conv1_1(x)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
