@@ -35,8 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, Opt
-from ..engine import (DistContext, NonFiniteLossError, RunLogger, get_rng_state, load_checkpoint, progress,
-                      save_checkpoint, seed_everything, set_rng_state)
+from ..engine import DistContext, Loop, Phase, RunLogger, progress, save_checkpoint, seed_everything
 from ..spaces.densenas import (SPACES, DenseArchParams, DenseGraph, DenseNASSpace, DenseSpaceConfig, DenseSupernet,
                                Sample, build_cost_table, chained_cost, check_cost_table, constrained_path,
                                format_cost_table, path_weights, read_cost_table)
@@ -315,19 +314,17 @@ def load_or_build_table(cfg: dict, space_cfg: DenseSpaceConfig, image_size: int,
 
 
 class _SearchState:
-    """Where the run is: epoch, pass ('arch' / 'weights'), batch inside the pass, steps so far."""
+    """Steps so far per pass (saved in the loop's checkpoint)."""
 
     def __init__(self):
-        self.epoch, self.phase, self.batch, self.weight_steps, self.arch_steps = 0, "", 0, 0, 0
+        self.weight_steps, self.arch_steps = 0, 0
         self.history: List[dict] = []
-        self.sums: Dict[str, float] = {}  # this epoch's metric sums, "<pass>_<metric>"
-        self.counts: Dict[str, int] = {}  # this epoch's steps per pass
 
     def state_dict(self):
-        return dict(self.__dict__)
+        return {"weight_steps": self.weight_steps, "arch_steps": self.arch_steps}
 
     def load_state_dict(self, d):
-        self.__dict__.update(copy.deepcopy(d))
+        self.weight_steps, self.arch_steps = int(d["weight_steps"]), int(d["arch_steps"])
 
 
 def _kill_hook(phase: str, step: int) -> None:
@@ -438,102 +435,63 @@ def run_densenas(cfg: dict, run_dir: Path, ctx: DistContext, source: str = "<con
                                   t_in_epochs=False)
     sampler_gen = torch.Generator().manual_seed(seed)  # op samples: the same in every process
     state = _SearchState()
-    ckpt_path = run_dir / "ckpt" / "search.pt"
-    pending_rng = None
-    if ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt["world_size"] != ctx.world_size:
-            raise ConfigError(str(ckpt_path), "world_size", f"written by {ckpt['world_size']} process(es), resumed "
-                                                            f"with {ctx.world_size}")
-        net.load_state_dict(ckpt["supernet"])
-        arch.load_state_dict(ckpt["arch"])
-        weight_opt.load_state_dict(ckpt["weight_opt"])
-        arch_opt.load_state_dict(ckpt["arch_opt"])
-        state.load_state_dict(ckpt["state"])
-        sampler_gen.set_state(ckpt["sampler"])
-        pending_rng = ckpt["rng"][ctx.rank]
-
-    def save():
-        rng = ctx.all_gather_object(get_rng_state())
-        if ctx.is_main:
-            save_checkpoint({"format": "nas_zoo.search/densenas-v1", "world_size": ctx.world_size,
-                             "supernet": net.state_dict(), "arch": arch.state_dict(),
-                             "weight_opt": weight_opt.state_dict(), "arch_opt": arch_opt.state_dict(),
-                             "state": state.state_dict(), "sampler": sampler_gen.get_state(), "rng": rng}, ckpt_path)
-        ctx.barrier()
-
-    ckpt_every = cfg["engine"]["ckpt_every"]
     reduce = (lambda params: _all_reduce_grads(params, ctx)) if ctx.distributed else None
+    loop: Optional[Loop] = None
+
+    def arch_pass_step(batch):
+        x, y = batch[0].to(device), batch[1].to(device)
+        sample = Sample.draw(arch, 2, "prob", sampler_gen, s["temperature"])
+        out = arch_step(net, arch, loop.optimizers["arch"], table, x, y, sample, cost_lambda=s["cost_lambda"],
+                        log_base=s["log_base"], temperature=s["temperature"], quirks=quirks, all_reduce=reduce)
+        state.arch_steps += 1
+        return {"loss": out["loss"], "ce": out["ce"], "cost": out["cost"]}
+
+    def weight_pass_step(batch):
+        x, y = batch[0].to(device), batch[1].to(device)
+        policy = "uniform" if loop.epoch < s["warmup_epochs"] else s["sample_policy"]
+        sample = Sample.draw(arch, 1, policy, sampler_gen, s["temperature"])
+        loop.zero_grad("weights")
+        loss = F.cross_entropy(weight_forward(net, arch, x, sample, s["temperature"], quirks), y)
+        loop.backward(loss)
+        if reduce is not None:
+            reduce([p for p in net.parameters() if p.grad is not None])
+        loop.step("weights")
+        state.weight_steps += 1
+        return {"loss": loss}
+
+    def epoch_loader(loader):
+        def make(epoch):
+            loader.sampler.set_epoch(epoch)
+            return loader
+        return make
+
     t0 = time.time()
-    while state.epoch < s["epochs"]:
-        epoch = state.epoch
-        phases = (["arch"] if epoch >= s["warmup_epochs"] else []) + ["weights"]
-        if state.phase not in phases:
-            state.phase, state.batch = phases[0], 0
-        for phase in phases[phases.index(state.phase):]:
-            state.phase = phase
-            loader = arch_loader if phase == "arch" else train_loader
-            loader.sampler.set_epoch(epoch, start_batch=state.batch)
-            if pending_rng is not None:
-                set_rng_state(pending_rng)
-                pending_rng = None
-            net.train()
-            total = len(loader)
-            bar = progress(loader, ctx, total=total, initial=state.batch,
-                           desc=f"{phase} {epoch + 1}/{s['epochs']}")
-            for x, y in bar:
-                x, y = x.to(device), y.to(device)
-                if phase == "arch":
-                    sample = Sample.draw(arch, 2, "prob", sampler_gen, s["temperature"])
-                    out = arch_step(net, arch, arch_opt, table, x, y, sample, cost_lambda=s["cost_lambda"],
-                                    log_base=s["log_base"], temperature=s["temperature"], quirks=quirks,
-                                    all_reduce=reduce)
-                    metrics = {k: float(out[k]) for k in ("loss", "ce", "cost")}
-                    state.arch_steps += 1
-                    step_count = state.arch_steps
-                else:
-                    policy = "uniform" if epoch < s["warmup_epochs"] else s["sample_policy"]
-                    sample = Sample.draw(arch, 1, policy, sampler_gen, s["temperature"])
-                    out = weight_step(net, arch, weight_opt, x, y, sample, temperature=s["temperature"],
-                                      quirks=quirks, clip_grad=s["clip_grad"], all_reduce=reduce)
-                    metrics = {"loss": float(out["loss"])}
-                    state.weight_steps += 1
-                    step_count = state.weight_steps
-                    scheduler.step_update(state.weight_steps)
-                if not math.isfinite(metrics["loss"]):
-                    raise NonFiniteLossError(f"densenas {phase}: the loss became {metrics['loss']} at epoch "
-                                             f"{epoch}, batch {state.batch}; the last checkpoint {ckpt_path} is kept")
-                for k, v in metrics.items():
-                    state.sums[f"{phase}_{k}"] = state.sums.get(f"{phase}_{k}", 0.0) + v
-                state.batch += 1
-                if ckpt_every and state.batch % ckpt_every == 0 and state.batch < total:
-                    save()
-                    _kill_hook(phase, step_count)
-            if hasattr(bar, "close"):
-                bar.close()
-            state.counts[phase] = state.batch
-            state.batch = 0
-            if phase != phases[-1]:
-                state.phase = phases[phases.index(phase) + 1]
-                save()
-        # end of epoch: derive, score the derived path, log
+
+    def on_epoch_end(lp, epoch, record):
         found = space.arch_from_params(arch)
         with torch.no_grad():
             all_ops = Sample.all_ops(space.graph)
             estimate = float(chained_cost(table, space.graph, path_weights(arch, all_ops, s["temperature"]),
                                           all_ops))
-        record = {"epoch": epoch + 1, "weight_steps": state.weight_steps, "arch_steps": state.arch_steps,
-                  "lr": weight_opt.param_groups[0]["lr"],
-                  **{k: v / max(1, state.counts.get(k.split("_")[0], 0)) for k, v in state.sums.items()},
-                  "derived_cost": space.cost(found), "chained_cost_all_ops": estimate,
-                  "path": found["path"], "net_config": space.net_config(found).to_text(),
-                  **_score_arch(net, found, eval_loader, ctx, s["eval_batches"]), "time": round(time.time() - t0, 1)}
-        state.history.append(record)
-        logger.log({"phase": "epoch", **{k: v for k, v in record.items() if k != "net_config"}},
-                   step=state.weight_steps, prefix="densenas/")
-        state.epoch, state.phase, state.batch, state.sums, state.counts = epoch + 1, "", 0, {}, {}
-        save()
+        record.update({"weight_steps": state.weight_steps, "arch_steps": state.arch_steps,
+                       "derived_cost": space.cost(found), "chained_cost_all_ops": estimate, "path": found["path"],
+                       **_score_arch(net, found, eval_loader, ctx, s["eval_batches"]),
+                       "time": round(time.time() - t0, 1)})
 
+    def after_step(lp, phase):
+        if cfg["engine"]["ckpt_every"] and lp.batch_in_phase % cfg["engine"]["ckpt_every"] == 0:
+            _kill_hook(phase, state.arch_steps if phase == "arch" else state.weight_steps)
+
+    loop = Loop(ctx=ctx, ckpt_path=run_dir / "ckpt" / "search.pt", epochs=s["epochs"],
+                modules={"supernet": net, "arch": arch}, optimizers={"weights": weight_opt, "arch": arch_opt},
+                schedulers={"weights": scheduler}, sched_interval={"weights": "step"},
+                phases=[Phase("arch", epoch_loader(arch_loader), arch_pass_step,
+                              when=lambda epoch: epoch >= s["warmup_epochs"]),
+                        Phase("weights", epoch_loader(train_loader), weight_pass_step)],
+                state={"search": state}, rngs={"sampler": sampler_gen}, on_epoch_end=on_epoch_end,
+                after_step=after_step, clip_grad={"weights": s["clip_grad"]} if s["clip_grad"] else None,
+                ckpt_every=cfg["engine"]["ckpt_every"], logger=logger, desc="densenas")
+    state.history = loop.run()
     return finish(cfg, space, net, arch, train_loader, eval_loader, run_dir, ctx, state, source)
 
 
