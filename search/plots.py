@@ -153,5 +153,10 @@ def plot_run(run_dir: PathLike) -> Path:
         return plot_dna_search(run_dir)
     if (run_dir / "metrics.json").exists():
         return plot_training(run_dir)
+    if (run_dir / "net_config").exists() and (run_dir / "history.json").exists():  # a DenseNAS search
+        from .methods.densenas import plot_search
+        path = plot_search(run_dir)
+        if path is not None:
+            return path
     raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/) nor a finished "
                             "training run (metrics.json)")

@@ -843,10 +843,8 @@ def validate_config(data: dict, source: str = "<config>") -> dict:
 
 def run(job) -> Dict[str, Any]:
     result = run_densenas(job.cfg, job.run_dir, job.ctx, job.source, logger=job.logger)
-    if job.ctx.is_main:
-        fig = plot_search(job.run_dir)
-        result["summary"] = (f"searched {result['summary']}\n  entry: {result['entry']}\n  net_config: "
-                             f"{Path(job.run_dir) / 'net_config'}" + (f"\n  figure: {fig}" if fig else ""))
+    result["summary"] = (f"searched {result['summary']}\n  entry: {result['entry']}\n  net_config: "
+                         f"{Path(job.run_dir) / 'net_config'}")  # the CLI then draws search.png (plots.plot_run)
     return result
 
 
