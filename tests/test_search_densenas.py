@@ -110,7 +110,7 @@ def test_resnet_space_with_a_hard_ceiling(tmp_path):
     assert capped.returncode == 0, capped.stderr[-3000:]
     capped_entry = yaml.safe_load((tmp_path / "capped" / "entry.yaml").read_text())
     assert capped_entry["provenance"]["cost"]["value"] <= 0.9 * cost
-    impossible = _run(tmp_path, "impossible", tiny_config(TINY_RES, **{"search.ceiling": 1.0}))
+    impossible = _run(tmp_path, "impossible", tiny_config(TINY_RES, **{"search.ceiling": 0.1}))
     assert impossible.returncode == 2 and "below the cheapest child" in impossible.stderr
 
 
