@@ -167,6 +167,11 @@ def plot_run(run_dir: PathLike) -> Path:
         import json
         from .methods.cdarts_plots import plot_cdarts
         return plot_cdarts(run_dir, json.loads((run_dir / "genotype_history.json").read_text()))[0]
+    if (run_dir / "net_config").exists() and (run_dir / "history.json").exists():  # a DenseNAS search
+        from .methods.densenas import plot_search
+        path = plot_search(run_dir)
+        if path is not None:
+            return path
     raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/ or board.json, "
                             "alpha_history.json or population.json) nor a finished training run (metrics.json)")
 
