@@ -1,0 +1,91 @@
+"""What a new user meets first: entry folders that are run directories, early config checks, unreadable files,
+unknown model names, offline weights, the zoo plot's panels and prices."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+import nas_zoo
+from nas_zoo.entry import EntryError
+
+from search_helpers import REPO, cli, env, tiny_dna_config, write_config
+
+FOUND_ARCH = {"model": "efficientnet", "stem_size": 8, "num_features": 64, "act_layer": "swish",
+              "block_args": [["ds_r1_k3_s1_c8"], ["ir_r1_k3_s1_e6_c8"], ["ir_r1_k5_s2_e3_c16", "ir_r1_k3_s1_e6_c16"],
+                             ["ir_r1_k3_s2_e6_c16"], ["ir_r1_k7_s1_e3_c24"], ["ir_r1_k3_s1_e6_c24"],
+                             ["ir_r1_k3_s1_e3_c32"]]}
+
+
+def fake_run_dir(path, name="new_user_found"):
+    """The files a DNA run writes, entry.yaml beside resolved.yaml (itself YAML with a top-level `name`)."""
+    path.mkdir(parents=True)
+    (path / "potentials").mkdir()
+    write_config(tiny_dna_config(name=name), path / "resolved.yaml")
+    (path / "run.json").write_text(json.dumps({"command": "dna", "config": "dna.yaml", "overrides": []}))
+    (path / "log.jsonl").write_text('{"event": "epoch", "loss": 1.0}\n')
+    (path / "potentials" / "potential-0.yaml").write_text("loss: [1.0, 2.0]\n")
+    entry = {"name": name, "family": "efficientnet", "arch": FOUND_ARCH, "pretrained": {},
+             "provenance": {"method": "dna", "data": {"kind": "embedded", "image_size": 32, "classes": 4},
+                            "cost": {"kind": "macs", "image_size": 32, "budget": 6.0}}}
+    (path / "entry.yaml").write_text(yaml.safe_dump(entry, sort_keys=False))
+    return path
+
+
+def broken(path, name):
+    path.write_text(yaml.safe_dump({"name": name, "family": "efficientnet", "arch": {**FOUND_ARCH, "stem_size": "8"}}))
+
+
+def import_with_entries(directory, code):
+    return subprocess.run([sys.executable, "-c", f"import nas_zoo, timm; {code}"], cwd=REPO,
+                          env={**env(), "NAS_ZOO_ENTRIES": str(directory)}, capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------- 1. NAS_ZOO_ENTRIES=<run dir>
+def test_a_run_directory_registers_its_entry_and_ignores_the_rest(tmp_path):
+    run_dir = fake_run_dir(tmp_path / "run")
+    out = import_with_entries(run_dir, "print(timm.create_model('new_user_found', num_classes=4).num_classes)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4"] and "Warning" not in out.stderr, out.stderr
+
+
+def test_a_broken_entry_in_an_entries_directory_warns_once_and_is_skipped(tmp_path):
+    run_dir = fake_run_dir(tmp_path / "run")
+    broken(run_dir / "other.yaml", "broken_one")
+    (run_dir / "notes.yaml").write_text("just: [some, notes]\n")
+    (run_dir / "bad_syntax.yaml").write_text("name: [unclosed\n")
+    out = import_with_entries(run_dir, "print(timm.is_model('new_user_found'), timm.is_model('broken_one'))")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False"]
+    warnings = [ln for ln in out.stderr.splitlines() if "EntryWarning" in ln]
+    assert len(warnings) == 2, out.stderr  # the broken entry and the file that is not YAML; notes.yaml is silent
+    assert any(f"{run_dir / 'other.yaml'}: field 'arch.stem_size'" in ln for ln in warnings), out.stderr
+    assert any(f"{run_dir / 'bad_syntax.yaml'}: field '<file>': not valid YAML" in ln for ln in warnings)
+
+
+def test_explicit_registration_still_raises(tmp_path):
+    run_dir = fake_run_dir(tmp_path / "run", name="new_user_explicit")
+    assert nas_zoo.register_directory(run_dir) == ["new_user_explicit"]  # resolved.yaml is no entry
+    broken(run_dir / "other.yaml", "broken_two")
+    with pytest.raises(EntryError, match="other.yaml: field 'arch.stem_size'"):
+        nas_zoo.register_entry(run_dir / "other.yaml")
+    with pytest.raises(EntryError, match="other.yaml: field 'arch.stem_size'"):
+        nas_zoo.register_directory(run_dir)
+    with pytest.raises(EntryError, match="resolved.yaml: field 'family': missing"):
+        nas_zoo.register_entry(run_dir / "resolved.yaml")
+
+
+@pytest.mark.slow
+def test_the_documented_command_on_a_real_run_directory(tmp_path):
+    """NAS_ZOO_ENTRIES=<run dir> as the demo prints it, on the directory a DNA search wrote."""
+    run_dir = tmp_path / "run"
+    config = write_config(tiny_dna_config(**{"teacher.train.epochs": 1, "distill.epochs": 1}), tmp_path / "dna.yaml")
+    out = cli("dna", "--config", config, "--out", run_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run_dir / "resolved.yaml").is_file() and (run_dir / "entry.yaml").is_file()
+    out = import_with_entries(run_dir, "print(timm.create_model('dna_test_found', num_classes=10).num_classes)")
+    assert out.returncode == 0 and out.stdout.split() == ["10"], out.stderr
+    assert "Warning" not in out.stderr, out.stderr
