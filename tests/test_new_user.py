@@ -89,3 +89,51 @@ def test_the_documented_command_on_a_real_run_directory(tmp_path):
     out = import_with_entries(run_dir, "print(timm.create_model('dna_test_found', num_classes=10).num_classes)")
     assert out.returncode == 0 and out.stdout.split() == ["10"], out.stderr
     assert "Warning" not in out.stderr, out.stderr
+
+
+# ---------------------------------------------------------------- 4. every checkable config value, before training
+def test_a_negative_distill_batch_size_fails_at_once_through_the_cli(tmp_path):
+    config = write_config(tiny_dna_config(**{"distill.batch_size": -4, "teacher.train.epochs": 1}),
+                          tmp_path / "dna.yaml")
+    out = cli("dna", "--config", config, "--out", tmp_path / "run")
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert str(config) in lines[0] and "distill.batch_size" in lines[0] and "expected a number >= 1" in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before the teacher was built, let alone trained
+
+
+@pytest.mark.parametrize("change, key, expected", [
+    ({"distill.batch_size": 0}, "distill.batch_size", ">= 1"),
+    ({"distill.epochs": 0}, "distill.epochs", ">= 1"),
+    ({"distill.lr": [0.002, 0.005, -0.005, 0.005, 0.005, 0.002]}, "distill.lr[2]", "> 0"),
+    ({"distill.weight_decay": -1e-4}, "distill.weight_decay", ">= 0"),
+    ({"potential.batches": 0}, "potential.batches", ">= 1"),
+    ({"potential.batch_size": -64}, "potential.batch_size", ">= 1"),
+    ({"search.budget": 0}, "search.budget", "> 0"),
+    ({"search.budget": -5.0}, "search.budget", "> 0"),
+    ({"teacher.train.epochs": -1}, "teacher.train.epochs", ">= 0"),
+    ({"teacher.train.batch_size": 0}, "teacher.train.batch_size", ">= 1"),
+    ({"teacher.train.lr": 0}, "teacher.train.lr", "> 0"),
+    ({"teacher.train.label_smoothing": 1.5}, "teacher.train.label_smoothing", "in [0, 1]"),
+    ({"export.drop_rate": -0.1}, "export.drop_rate", "in [0, 1]"),
+    ({"engine.workers": -1}, "engine.workers", ">= 0"),
+])
+def test_out_of_range_values_name_file_and_key(tmp_path, capsys, change, key, expected):
+    from nas_zoo.search.cli import main
+    config = write_config(tiny_dna_config(**change), tmp_path / "bad.yaml")
+    code = main(["dna", "--config", str(config), "--out", str(tmp_path / "run")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert f"{config}: key '{key}': expected a number {expected}" in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_shipped_configs_pass_the_checks():
+    from nas_zoo.search.config import load_config
+    from nas_zoo.search.methods import dna
+    from nas_zoo.search.train import TRAIN_SCHEMA
+    for name in ("dna_demo.yaml", "dna_imagenet.yaml"):
+        cfg, source = load_config(REPO / "configs" / "search" / name, dna.SCHEMA)
+        dna.check_config(cfg, source)
+    for name in ("train_demo.yaml", "train_imagenet.yaml"):
+        load_config(REPO / "configs" / "search" / name, TRAIN_SCHEMA)
