@@ -137,3 +137,138 @@ def test_the_shipped_configs_pass_the_checks():
         dna.check_config(cfg, source)
     for name in ("train_demo.yaml", "train_imagenet.yaml"):
         load_config(REPO / "configs" / "search" / name, TRAIN_SCHEMA)
+
+
+# ---------------------------------------------------------------- 5. unreadable files, unknown names, offline weights
+@pytest.fixture
+def odd_files(tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("epoch 3: loss 0.41\nepoch 4: loss 0.38\n")
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes((i * 7919 + 13) % 251 for i in range(4096)))  # fixed bytes of no format
+    return text, noise
+
+
+def test_a_text_file_is_not_a_checkpoint(odd_files):
+    from nas_zoo.checkpoint import CheckpointError, read_checkpoint
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(odd_files[0])
+    assert str(err.value) == f"not a checkpoint: {odd_files[0]} is a text file (it starts 'epoch 3: loss 0.41')"
+
+
+def test_random_bytes_are_a_damaged_file_not_a_refused_object(odd_files):
+    from nas_zoo.checkpoint import CheckpointError, read_checkpoint
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(odd_files[1])
+    assert str(err.value).startswith(f"not a checkpoint: {odd_files[1]} is damaged")
+    assert "refused" not in str(err.value) and "allow-list" not in str(err.value)
+
+
+def test_a_truncated_checkpoint_is_damaged(tmp_path):
+    import torch
+    from nas_zoo.checkpoint import CheckpointError, read_checkpoint
+    whole = tmp_path / "whole.pth"
+    torch.save({"state_dict": {"w": torch.zeros(64)}}, whole)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(CheckpointError, match=r"not a checkpoint: .*cut.pth is a damaged or truncated PyTorch file"):
+        read_checkpoint(cut)
+
+
+def test_a_text_checkpoint_through_the_cli_and_create_model(odd_files, tmp_path, capsys):
+    import timm
+    from nas_zoo.checkpoint import CheckpointError
+    from nas_zoo.cli import main
+    assert main(["convert", "cream_14", str(odd_files[0]), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nas-zoo convert: error: not a checkpoint: "), lines
+    with pytest.raises(CheckpointError, match="not a checkpoint: .* is a text file"):
+        timm.create_model("cream_14", pretrained=True, pretrained_cfg_overlay=dict(file=str(odd_files[0])))
+
+
+def test_benchmark_of_an_unknown_model_is_one_line(capsys):
+    from nas_zoo.cli import main
+    assert main(["benchmark", "dna_z", "--iters", "1", "--warmup", "0", "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "unknown model 'dna_z'" in lines[0] and "dna_a" not in captured.out, lines
+    assert lines[0].startswith("nas-zoo benchmark: error: ")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every way out of the process records the attempt and fails, as on a machine without network."""
+    import socket
+
+    import huggingface_hub
+    calls = []
+
+    def refuse(what):
+        def fail(*args, **kwargs):
+            calls.append(what)
+            raise OSError(101, f"{what}: network is unreachable (test)")
+        return fail
+
+    for what in ("getaddrinfo", "create_connection"):
+        monkeypatch.setattr(socket, what, refuse(what))
+    monkeypatch.setattr(socket.socket, "connect", refuse("connect"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse("hf_hub_download"))
+    return calls
+
+
+def seeded_cache(tmp_path, monkeypatch, name="cream_14"):
+    """A converted folder of `name` (random weights) as the HF cache holds it; the hub not offline."""
+    from huggingface_hub import constants
+
+    from hf_cache import seed_hf_cache
+    from nas_zoo.export import convert_checkpoint
+    from reference import write_official_checkpoint
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    ckpt = write_official_checkpoint(name, tmp_path)
+    convert_checkpoint(name, ckpt, tmp_path / "folder")
+    entry = nas_zoo.get_entry(name)
+    seed_hf_cache(cache, entry.pretrained[entry.default_tag]["hf_hub_id"], tmp_path / "folder")
+    return cache
+
+
+def test_cached_weights_load_without_any_network_call(tmp_path, monkeypatch, no_network):
+    import timm
+    seeded_cache(tmp_path, monkeypatch)  # HF_HUB_OFFLINE unset: the cache is still looked at first
+    model = timm.create_model("cream_14", pretrained=True)
+    assert model.num_classes == 1000 and no_network == []
+
+
+def test_offline_without_cached_weights_fails_at_once(tmp_path, monkeypatch, no_network):
+    import timm
+    from huggingface_hub import constants
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(nas_zoo.WeightsNotFoundError, match="not in the local cache and HF_HUB_OFFLINE=1"):
+        timm.create_model("cream_14", pretrained=True)
+    assert no_network == []
+
+
+def test_unreachable_hub_is_asked_once_without_retries(tmp_path, monkeypatch, no_network):
+    import time as time_module
+
+    import huggingface_hub
+    import timm
+    from huggingface_hub import constants
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    lookups, sleeps = [], []
+    real_lookup = huggingface_hub.get_hf_file_metadata
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata",
+                        lambda *a, **k: lookups.append(a) or real_lookup(*a, **k))
+    monkeypatch.setattr(time_module, "sleep", sleeps.append)  # huggingface_hub's retries back off with sleep
+    with pytest.raises(nas_zoo.WeightsNotFoundError, match="not in the local cache and the hub cannot be reached"):
+        timm.create_model("cream_14", pretrained=True)
+    assert len(lookups) == 1 and sleeps == [] and "hf_hub_download" not in no_network, (lookups, no_network)
+    assert no_network  # the one lookup did try the network (and met the refusal)
