@@ -272,3 +272,79 @@ def test_unreachable_hub_is_asked_once_without_retries(tmp_path, monkeypatch, no
         timm.create_model("cream_14", pretrained=True)
     assert len(lookups) == 1 and sleeps == [] and "hf_hub_download" not in no_network, (lookups, no_network)
     assert no_network  # the one lookup did try the network (and met the refusal)
+
+
+# ---------------------------------------------------------------- 3. nas-zoo plot: panels per dataset, own prices
+def test_plot_records_carry_dataset_and_own_resolution(tmp_path):
+    from nas_zoo.commands.plot import collect, series
+    from nas_zoo.cost import count_macs
+    run_dir = fake_run_dir(tmp_path / "run", name="new_user_plotted")
+    records = {r["name"]: r for r in collect([str(run_dir)], {"new_user_plotted": 61.0}, family="efficientnet")}
+    found = records["new_user_plotted"]
+    assert found["dataset"] == "embedded demo data, 4 classes" and found["res"] == 32 and found["user"]
+    import timm
+    import torch
+    with torch.device("meta"):
+        model = timm.create_model("new_user_plotted", num_classes=4)
+    assert found["macs"] == count_macs(model, (3, 32, 32)) / 1e6  # not at 224 px, not with 1000 classes
+    assert records["dna_a"]["dataset"] == "ImageNet-1k" and records["dna_a"]["res"] == 224
+    assert records["cream_14"]["res"] == 64
+    for method, dataset, pts in series(list(records.values())):
+        assert {r["dataset"] for r in pts} == {dataset} and not any(r["user"] for r in pts)
+
+
+def test_zoo_datasets_and_lines_never_mix():
+    from nas_zoo.commands.plot import datasets, method_styles, series
+    from nas_zoo.commands.zoo import eval_setting
+    from nas_zoo.registry import builtin_entry_dir
+    builtin = {p.stem for p in builtin_entry_dir().glob("*.yaml")}
+    records = [{"name": e.name, "method": str(e.provenance.get("method") or e.family), "user": False,
+                "top1": e.paper.get("top1"), "macs": 1.0, "dataset": eval_setting(e)["dataset"],
+                "res": eval_setting(e)["input_size"][-1]} for e in nas_zoo.list_entries() if e.name in builtin]
+    by_name = {r["name"]: r for r in records}
+    assert by_name["cdarts_cifar"]["dataset"] == "CIFAR-10" and by_name["cdarts_cifar"]["res"] == 32
+    assert by_name["cdarts_imagenet"]["dataset"] == "ImageNet-1k"
+    assert datasets(records) == ["ImageNet-1k", "CIFAR-10"]
+    cdarts = [(d, sorted(r["name"] for r in pts)) for m, d, pts in series(records) if m == "cdarts"]
+    assert cdarts == [("ImageNet-1k", ["cdarts_a", "cdarts_b", "cdarts_imagenet", "cdarts_imagenet_arxiv_v1"]),
+                      ("CIFAR-10", ["cdarts_cifar", "cdarts_cifar_arxiv_v1"])]
+    styles = method_styles(records)
+    colours = [colour for colour, _ in styles.values()]
+    assert len(styles) >= 10 and len(set(colours)) == len(colours) and "crimson" not in colours
+
+
+def synthetic(name, dataset, method, macs, params, top1, res=224, user=False):
+    return {"name": name, "dataset": dataset, "method": method, "macs": macs, "params": params, "top1": top1,
+            "res": res, "user": user}
+
+
+def test_plot_panels_one_per_dataset_with_labels_apart():
+    pytest.importorskip("matplotlib")
+    import itertools
+
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from nas_zoo.commands.plot import _overlap, figure
+    records = [synthetic(f"m{i}", "ImageNet-1k", "alpha" if i % 2 else "beta", 300 + 3 * i, 4 + 0.02 * i,
+                         75 + 0.05 * i) for i in range(8)]
+    records += [synthetic(f"c{i}", "CIFAR-10", "alpha", 500 + i, 3.5 + 0.01 * i, 97.0 + 0.01 * i, res=32)
+                for i in range(4)]
+    records += [synthetic("searched", "embedded demo data, 4 classes", "dna", 6.0, 0.2, None, res=32, user=True)]
+    fig = figure(records)
+    try:
+        labels = {}
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]
+            labels[ax.get_ylabel()] = labels.get(ax.get_ylabel(), []) + [t.get_text() for t in ax.texts]
+            for a, b in itertools.combinations(boxes, 2):
+                assert not _overlap((a.x0, a.y0, a.x1, a.y1), (b.x0, b.y0, b.x1, b.y1)), ax.get_ylabel()
+        assert set(labels) == {"ImageNet-1k top-1 (%)", "CIFAR-10 top-1 (%)",
+                               "embedded demo data, 4 classes top-1 (%)"}
+        text = {k: " ".join(v) for k, v in labels.items()}
+        assert "c0" not in text["ImageNet-1k top-1 (%)"] and "m0" not in text["CIFAR-10 top-1 (%)"]
+        assert "searched @32: no top-1 yet" in text["embedded demo data, 4 classes top-1 (%)"]
+        assert all(f"m{i}" in text["ImageNet-1k top-1 (%)"] for i in range(8))  # every name shown
+    finally:
+        plt.close(fig)
