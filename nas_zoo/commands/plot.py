@@ -131,6 +131,8 @@ def figure(records: List[dict]):
             _log_axis(ax, [r[key] for r in mine])
             ax.set_xlabel(label)
             ax.set_ylabel(f"{dataset} top-1 (%)")
+            if not scored:  # only costs to show (searched entries without a top-1 yet): no accuracy scale
+                ax.set_yticks([])
         if top[0].get_legend_handles_labels()[0]:
             top[0].legend(loc="best", fontsize=9, title=f"{dataset}: searched by")  # labels then avoid it
         if detail is not None:
