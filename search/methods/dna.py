@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from ..config import ConfigError, Opt
+from ..config import ConfigError, Opt, check_bounds
 from . import Method
 from ..cost import DISPLAY_UNITS, Budget, check_budget
 from ..engine import (DistContext, RunError, RunLogger, TrainLoop, convert_sync_batchnorm, load_checkpoint, progress,
@@ -46,7 +46,7 @@ OFFICIAL_LRS = [0.002, 0.005, 0.005, 0.005, 0.005, 0.002]
 
 SCHEMA = {
     "name": Opt(str, help="name of the found model (a timm model name)"),
-    "seed": Opt(int, 42),
+    "seed": Opt(int, 42, low=0),
     "data": Opt(dict, help="the data section (nas_zoo.search.data.DataConfig)"),
     "teacher": {
         "model": Opt((str, type(None)), None, help="timm model name, e.g. tf_efficientnet_b7"),
@@ -55,41 +55,43 @@ SCHEMA = {
         "checkpoint": Opt((str, type(None)), None, help="teacher weights file (state_dict, torch.save/safetensors)"),
         "stage_blocks": Opt((list, type(None)), None,
                             help="teacher block index per boundary (stem, stage 0..N-1); default: matched by stride"),
-        "train": {**TRAIN_SECTION, "epochs": Opt(int, 0, help="train the teacher first on the run's data (0: no)")},
+        "train": {**TRAIN_SECTION,
+                  "epochs": Opt(int, 0, help="train the teacher first on the run's data (0: no)", low=0)},
     },
     "supernet": {
-        "stem_size": Opt(int, 32),
+        "stem_size": Opt(int, 32, low=1),
         "stem_block": Opt(str, "ds_r1_k3_s1_c16_se0.25"),
         "stages": Opt(list, OFFICIAL_STAGES, help="[[hidden, stride, layers], ...]"),
         "ops": Opt(list, list(PRIMITIVES)),
     },
     "distill": {
-        "epochs": Opt(int, 20),
-        "batch_size": Opt(int, 512, help="global batch (official: 64 per GPU x 8)"),
+        "epochs": Opt(int, 20, low=1),
+        "batch_size": Opt(int, 512, help="global batch (official: 64 per GPU x 8)", low=1),
         "opt": Opt(str, "adam"),
         "lr": Opt(list, OFFICIAL_LRS, help="learning rate per stage"),
-        "weight_decay": Opt(float, 1e-4),
-        "opt_eps": Opt(float, 1e-8),
-        "decay_rate": Opt(float, 0.9, help="StepLR factor per epoch"),
+        "weight_decay": Opt(float, 1e-4, low=0),
+        "opt_eps": Opt(float, 1e-8, above=0),
+        "decay_rate": Opt(float, 0.9, help="StepLR factor per epoch", above=0),
         "stages": Opt((list, type(None)), None, help="stage indices to run in this process (None: all)"),
-        "clip_grad": Opt((float, type(None)), None),
+        "clip_grad": Opt((float, type(None)), None, above=0),
     },
     "potential": {
-        "batches": Opt(int, 19, help="validation batches per candidate (official: potential_eval_times - 1)"),
-        "batch_size": Opt(int, 64),
+        "batches": Opt(int, 19, help="validation batches per candidate (official: potential_eval_times - 1)", low=1),
+        "batch_size": Opt(int, 64, low=1),
         "official_format": Opt(bool, True, help="also write potentials/official/potential-<s>.yaml as the "
                                                 "official code does (for process_potential.py)"),
     },
     "search": {
         "budget": Opt(str, help="budget of the found model with its unit: '6 MMACs', '3.4 M params', '12 ms'"),
         "metric": Opt(str, "cl_loss", choices=METRICS),
-        "image_size": Opt((int, type(None)), None, help="resolution the MACs are counted at (None: data.image_size)"),
+        "image_size": Opt((int, type(None)), None, help="resolution the MACs are counted at (None: data.image_size)",
+                          low=1),
     },
     "export": {
-        "stem_size": Opt(int, 32),
-        "num_features": Opt(int, 1280),
-        "drop_rate": Opt(float, 0.2),
-        "drop_path_rate": Opt(float, 0.2),
+        "stem_size": Opt(int, 32, low=1),
+        "num_features": Opt(int, 1280, low=1),
+        "drop_rate": Opt(float, 0.2, low=0, high=1),
+        "drop_path_rate": Opt(float, 0.2, low=0, high=1),
     },
     "engine": ENGINE_SECTION,
 }
@@ -126,6 +128,7 @@ def check_config(cfg: dict, source: str) -> None:
     for i, lr in enumerate(cfg["distill"]["lr"]):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
             raise ConfigError(source, f"distill.lr[{i}]", f"expected a number, got {lr!r}")
+        check_bounds(lr, source, f"distill.lr[{i}]", above=0)
     if cfg["distill"]["stages"] is not None:
         for i, s in enumerate(cfg["distill"]["stages"]):
             if not isinstance(s, int) or not 0 <= s < len(stages):
