@@ -541,7 +541,7 @@ class Budget:
         except ValueError as e:
             raise ConfigError(source, key, f"{text!r}: {e}") from None
         if not math.isfinite(number) or number <= 0:
-            raise ConfigError(source, key, f"expected a positive budget, got {text!r}")
+            raise ConfigError(source, key, f"expected a number > 0 with its unit, got {text!r}")
         return cls(metric, number * factor, str(text).strip())
 
     def in_unit(self, unit: str) -> float:
