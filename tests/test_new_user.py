@@ -1,10 +1,8 @@
 """What a new user meets first: entry folders that are run directories, early config checks, unreadable files,
 unknown model names, offline weights, the zoo plot's panels and prices."""
 import json
-import os
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
