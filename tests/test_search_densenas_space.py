@@ -1,5 +1,6 @@
 """DenseNAS dense spaces on small graphs: Viterbi = brute force, the chained estimate = exact cost of one-hot
 architectures, the exact hard-ceiling derivation, and the child network = the supernet on its path."""
+import dataclasses
 import itertools
 import math
 
@@ -12,7 +13,7 @@ from nas_zoo.registry import create_from_entry
 from nas_zoo.entry import load_entry
 from nas_zoo.search.spaces.densenas import (MBV2_SPACE, RESNET_SPACE, DenseArchParams, DenseNASSpace,
                                             DenseSpaceConfig, DenseSpaceError, Sample, build_cost_table,
-                                            chained_cost, constrained_path, derive_path, path_weights)
+                                            chained_cost, constrained_arch, derive_path, path_weights)
 
 SMALL_MBV2 = DenseSpaceConfig(
     net_type="mbv2", chs=(8, 16, 16, 24, 24, 32, 40), fm_sizes=(16, 8, 8, 4, 4, 4, 4),
@@ -47,13 +48,55 @@ def test_viterbi_equals_brute_force(cfg):
 
         best = max(paths, key=score)
         assert derive_path(space.graph, [b.detach().numpy() for b in arch.beta_weights]) == best
-        # the hard ceiling: the most probable path whose child fits, against brute force
-        costs = {tuple(p): space.cost(space.arch_from_params(arch, p)) for p in paths}
-        ceiling = float(np.median(list(costs.values())))
-        fitting = [p for p in paths if costs[tuple(p)] <= ceiling]
-        assert constrained_path(space, arch, ceiling) == max(fitting, key=score)
     with pytest.raises(DenseSpaceError, match="cheapest child"):
-        constrained_path(space, arch, 0.5 * min(costs.values()))
+        constrained_arch(space, arch, 0.5 * space.cost_range()[0])
+
+
+def _all_archs(space):
+    cfg, graph = space.cfg, space.graph
+    for path in graph.paths():
+        layers = [graph.inputs[n - 1]["num_stack_layers"] for n in path[1:-1]]
+        for heads in itertools.product(cfg.head_ops, repeat=len(layers)):
+            for stacks in itertools.product(*[list(itertools.product(cfg.stack_ops, repeat=k)) for k in layers]):
+                yield {"path": path, "head": list(heads), "stack": [list(x) for x in stacks]}
+
+
+BRUTE_MBV2 = dataclasses.replace(SMALL_MBV2, head_ops=SMALL_MBV2.head_ops[:2],
+                                 stack_ops=(SMALL_MBV2.stack_ops[0], "skip_connect"))
+
+
+@pytest.mark.parametrize("cfg", [BRUTE_MBV2, SMALL_RES], ids=["mbv2", "res"])
+def test_ceiling_derivation_equals_brute_force(cfg):
+    space = DenseNASSpace(cfg)
+    graph = space.graph
+    archs = list(_all_archs(space))
+    assert 1000 < len(archs) < 100_000
+    costs = [space.cost(a) for a in archs]
+    for seed in range(2):
+        params = _random_arch_params(graph, 100 + seed, scale=1.5)
+        def table(plist):
+            return [torch.log_softmax(p.detach().double(), -1).numpy() for p in plist]
+
+        lb, lh, ls = table(params.beta_weights), table(params.alpha_head_weights), table(params.alpha_stack_weights)
+
+        def score(a):
+            total = 0.0
+            for k, (i, j) in enumerate(zip(a["path"], a["path"][1:])):
+                total += lb[i][graph.outputs[i]["out_id"].index(j)]
+                if j == graph.num_nodes - 1:
+                    continue
+                branch = graph.inputs[j - 1]["in_block_idx"].index(i)
+                total += lh[j - 1][branch][cfg.head_ops.index(a["head"][k])]
+                for l, op in enumerate(a["stack"][k]):
+                    total += ls[j - 1][l][cfg.stack_ops.index(op)]
+            return total
+
+        scores = [score(a) for a in archs]
+        for q in (0.2, 0.5):
+            ceiling = float(np.quantile(costs, q))
+            best = max((s, i) for i, (s, c) in enumerate(zip(scores, costs)) if c <= ceiling)[1]
+            found = constrained_arch(space, params, ceiling)
+            assert found == archs[best] and space.cost(found) <= ceiling
 
 
 @pytest.mark.parametrize("cfg", [SMALL_MBV2, SMALL_RES], ids=["mbv2", "res"])

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, Opt
 from ..engine import DistContext, Loop, Phase, RunLogger, progress, save_checkpoint, seed_everything
 from ..spaces.densenas import (SPACES, DenseArchParams, DenseGraph, DenseNASSpace, DenseSpaceConfig, DenseSupernet,
-                               Sample, build_cost_table, chained_cost, check_cost_table, constrained_path,
+                               Sample, build_cost_table, chained_cost, check_cost_table, constrained_arch,
                                format_cost_table, path_weights, read_cost_table)
 from ..train import ENGINE_SECTION
 from . import Method
@@ -507,8 +507,8 @@ def finish(cfg, space: DenseNASSpace, net: DenseSupernet, arch: DenseArchParams,
         sums = ctx.all_gather_object([float(p.detach().double().sum()) for p in arch.parameters()])
         if any(x != sums[0] for x in sums):
             raise RuntimeError("the processes' architecture parameters diverged")
-    path = constrained_path(space, arch, s["ceiling"]) if s["ceiling"] is not None else None
-    found = space.arch_from_params(arch, path)
+    found = (constrained_arch(space, arch, s["ceiling"]) if s["ceiling"] is not None
+             else space.arch_from_params(arch))
     netcfg = space.net_config(found)
     train_loader.sampler.set_epoch(10_000)
     batches = [b for _, b in zip(range(cfg["export"]["recalibrate_batches"]), train_loader)]

@@ -44,7 +44,7 @@ from . import Space, SpaceError, register_space
 __all__ = ["DenseSpaceConfig", "MBV2_SPACE", "RESNET_SPACE", "SPACES", "DenseGraph", "DenseSupernet",
            "DenseArchParams", "Sample", "CostTableFormatError", "read_cost_table", "format_cost_table",
            "chained_cost", "check_cost_table", "path_weights", "PathWeights", "derive_path", "derive_net_config", "official_supernet_to_ours", "path_cost", "DenseNASSpace",
-           "DenseSpaceError", "constrained_path", "build_cost_table"]
+           "DenseSpaceError", "constrained_arch", "build_cost_table"]
 
 MBV2_HEAD_OPS = ("mbconv_k3_t3", "mbconv_k3_t6", "mbconv_k5_t3", "mbconv_k5_t6", "mbconv_k7_t3", "mbconv_k7_t6")
 RES_HEAD_OPS = ("basic_block",)
@@ -984,48 +984,62 @@ class DenseNASSpace(Space):
         return float(self.table[0]) + best[0] + float(self.table[3])
 
 
-def constrained_path(space: DenseNASSpace, arch_params: DenseArchParams, ceiling: float) -> List[int]:
-    """The most probable path (product of softmax(beta)) whose child, with argmax ops, costs at most `ceiling`:
-    exact, by Pareto labels (log-probability, cost) over the DAG."""
+def _pareto(labels):
+    """Keep the labels (score, cost, ...) no other label beats on both: higher score first, strictly cheaper."""
+    labels = sorted(labels, key=lambda t: (-t[0], t[1]))
+    front, cheapest = [], math.inf
+    for lab in labels:
+        if lab[1] < cheapest:
+            front.append(lab)
+            cheapest = lab[1]
+    return front
+
+
+def constrained_arch(space: "DenseNASSpace", arch_params: DenseArchParams, ceiling: float) -> Dict[str, Any]:
+    """The most probable architecture whose child costs at most `ceiling`: path and ops jointly, score = product of
+    softmax(beta) along the path and softmax(alpha) of the chosen head and stack ops (skip layers cost nothing in
+    the child). Exact, by Pareto labels (log-probability, cost) over the DAG and over each node's layers."""
     graph, cfg = space.graph, space.cfg
-    probs = [_softmax_np(b.detach().cpu().numpy()) for b in arch_params.beta_weights]
+    logb = [np.log(np.maximum(_softmax_np(b.detach().cpu().numpy()), 1e-300)) for b in arch_params.beta_weights]
     skip = cfg.stack_ops.index(SKIP_OP)
     n = graph.num_nodes
 
-    def edge_cost(i, j):
-        if j == n - 1:
-            return float(space.table[2][graph.inputs[-1]["in_block_idx"].index(i)])
-        spec = graph.inputs[j - 1]
-        branch = spec["in_block_idx"].index(i)
-        c = space.table[1][j - 1][0][branch][int(arch_params.alpha_head_weights[j - 1][branch].argmax())]
-        for l in range(spec["num_stack_layers"]):
-            o = int(arch_params.alpha_stack_weights[j - 1][l].argmax())
-            c += 0.0 if o == skip else space.table[1][j - 1][1][l][o]
-        return float(c)
+    def op_front(j, branch):
+        """Pareto front of (log prob, cost, head op, stack ops) of routing block j entered by `branch`."""
+        la = np.log(np.maximum(_softmax_np(arch_params.alpha_head_weights[j - 1][branch].detach().cpu().numpy()),
+                               1e-300))
+        labs = [(float(la[o]), float(space.table[1][j - 1][0][branch][o]), o, ()) for o in range(len(cfg.head_ops))]
+        labs = _pareto(labs)
+        for l in range(graph.inputs[j - 1]["num_stack_layers"]):
+            ls = np.log(np.maximum(_softmax_np(arch_params.alpha_stack_weights[j - 1][l].detach().cpu().numpy()),
+                                   1e-300))
+            costs = [0.0 if o == skip else float(space.table[1][j - 1][1][l][o]) for o in range(len(cfg.stack_ops))]
+            labs = _pareto([(sc + float(ls[o]), c + costs[o], h, st + (o,))
+                            for sc, c, h, st in labs for o in range(len(cfg.stack_ops))])
+        return labs
 
     fixed = float(space.table[0]) + float(space.table[3])
-    labels: Dict[int, List[Tuple[float, float, Tuple[int, ...]]]] = {0: [(0.0, fixed, (0,))]}
+    labels: Dict[int, list] = {0: [(0.0, fixed, (0,), ())]}
     for j in range(1, n):
         spec = graph.inputs[j - 1]
         cands = []
-        for src, bidx in zip(spec["in_block_idx"], spec["beta_idx"]):
-            c = edge_cost(src, j)
-            for logp, cost, path in labels.get(src, []):
-                if cost + c <= ceiling:
-                    cands.append((logp + math.log(max(probs[src][bidx], 1e-300)), cost + c, path + (j,)))
-        cands.sort(key=lambda t: (-t[0], t[1]))
-        front, cheapest = [], math.inf
-        for lab in cands:  # keep labels not dominated (higher probability first, so keep strictly cheaper ones)
-            if lab[1] < cheapest:
-                front.append(lab)
-                cheapest = lab[1]
-        labels[j] = front
+        for branch, (src, bidx) in enumerate(zip(spec["in_block_idx"], spec["beta_idx"])):
+            if j == n - 1:
+                edges = [(0.0, float(space.table[2][branch]), None, ())]
+            else:
+                edges = op_front(j, branch)
+            for sc, c, path, ops in labels.get(src, []):
+                for esc, ec, h, st in edges:
+                    if c + ec <= ceiling:
+                        cands.append((sc + logb[src][bidx] + esc, c + ec, path + (j,),
+                                      ops if h is None else ops + ((h, st),)))
+        labels[j] = _pareto(cands)
     if not labels[n - 1]:
-        lo = space._extreme(min)
-        raise DenseSpaceError("path", f"no path fits the ceiling {ceiling:g} {space.metric} with the argmax ops "
-                                      f"(the cheapest child of the space costs {lo:g})")
-    return list(labels[n - 1][0][2])
-
+        raise DenseSpaceError("path", f"no architecture fits the ceiling {ceiling:g} {space.metric} (the cheapest "
+                                      f"child of the space costs {space._extreme(min):g})")
+    _, _, path, ops = labels[n - 1][0]
+    return {"path": list(path), "head": [cfg.head_ops[h] for h, _ in ops],
+            "stack": [[cfg.stack_ops[o] for o in st] for _, st in ops]}
 
 def _space_factory(base: str):
     def make(num_classes: int = 1000, table: Optional[list] = None, metric: str = "macs", **changes):
