@@ -35,11 +35,11 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     """Write the figure through a temporary file (a reader never sees half a PNG), then free it."""
     import matplotlib.pyplot as plt
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from nas_zoo.io import atomic_write
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=130, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _epoch_axis(ax, ylabel: str, legend: bool = True) -> None:
@@ -153,8 +153,80 @@ def plot_run(run_dir: PathLike) -> Path:
         return plot_dna_search(run_dir)
     if (run_dir / "metrics.json").exists():
         return plot_training(run_dir)
+    if (run_dir / "alpha_history.json").exists():  # DSNAS
+        records = json.loads((run_dir / "alpha_history.json").read_text())
+        return plot_alpha_history(records, len(records[0]["probs"]) if records else 0, run_dir / "alpha.png")
+    if (run_dir / "population.json").exists():  # SPOS
+        meta = json.loads((run_dir / "population.json").read_text())
+        return plot_population(meta["history"], run_dir / "population.png", budget=meta.get("budget"),
+                               unit=meta.get("unit", "MMACs"), chosen=meta.get("chosen"))
     if (run_dir / "entry.yaml").exists() and (run_dir / "board.json").exists():  # a Cream search
         from .methods.cream import plot_board
         return plot_board(run_dir)
-    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/) nor a finished "
-                            "training run (metrics.json)")
+    if (run_dir / "entry.yaml").exists() and (run_dir / "genotype_history.json").is_file():  # a CDARTS search
+        import json
+        from .methods.cdarts_plots import plot_cdarts
+        return plot_cdarts(run_dir, json.loads((run_dir / "genotype_history.json").read_text()))[0]
+    if (run_dir / "net_config").exists() and (run_dir / "history.json").exists():  # a DenseNAS search
+        from .methods.densenas import plot_search
+        path = plot_search(run_dir)
+        if path is not None:
+            return path
+    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/ or board.json, "
+                            "alpha_history.json or population.json) nor a finished training run (metrics.json)")
+
+
+OP_NAMES = ("3x3", "5x5", "7x7", "xception")
+
+
+def plot_alpha_history(records: List[dict], num_layers: int, out: PathLike) -> Path:
+    """DSNAS: softmax(alpha) of every layer per epoch (one panel per layer, one line per op); the epoch a layer
+    was fixed by early fix is marked, and the fixed op drawn thick."""
+    plt = _pyplot()
+    cols = min(5, num_layers)
+    rows = (num_layers + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.9 * rows), sharex=True, sharey=True, squeeze=False)
+    epochs = [r["epoch"] + 1 for r in records]
+    for layer in range(num_layers):
+        ax = axes[layer // cols][layer % cols]
+        fixed_at = next((r["epoch"] + 1 for r in records if str(layer) in r["fixed"] or layer in r["fixed"]), None)
+        fixed_op = None
+        if fixed_at is not None:
+            last = records[-1]["fixed"]
+            fixed_op = last.get(str(layer), last.get(layer))
+            ax.axvline(fixed_at, color="k", ls=":", lw=1)
+        for op in range(len(records[0]["probs"][layer]) if records else 0):
+            ax.plot(epochs, [r["probs"][layer][op] for r in records], lw=2.2 if op == fixed_op else 1,
+                    label=OP_NAMES[op] if op < len(OP_NAMES) else str(op))
+        ax.set_title(f"layer {layer}" + (f" (fixed: {OP_NAMES[fixed_op]})" if fixed_op is not None else ""),
+                     fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for k in range(num_layers, rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    axes[0][0].legend(fontsize=6)
+    fig.supxlabel("epoch")
+    fig.supylabel("softmax(alpha)")
+    return _save(fig, Path(out))
+
+
+def plot_population(history: List[dict], out: PathLike, budget: float = None, unit: str = "MMACs",
+                    chosen: dict = None) -> Path:
+    """SPOS: every scored candidate's cost vs held-out score, coloured by generation; the budget and the winner."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    cmap = plt.get_cmap("viridis")
+    n = max(1, len(history) - 1)
+    for g in history:
+        cs = g["candidates"]
+        ax.scatter([c["cost"] for c in cs], [c["score"] for c in cs], s=10, color=cmap(g["generation"] / n),
+                   label=f"gen {g['generation']}" if g["generation"] in (0, len(history) - 1) else None)
+    if budget is not None:
+        ax.axvline(budget, color="r", ls="--", lw=1, label="budget")
+    if chosen is not None:
+        ax.scatter([chosen["cost"]], [chosen["score"]], marker="*", s=160, color="r", label="chosen")
+    ax.set_xlabel(f"cost ({unit})")
+    ax.set_ylabel("held-out top-1 after BN recalibration")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(out))

@@ -43,7 +43,8 @@ from ..checkpoint import CheckpointError
 from ..entry import Field
 from . import Family, register_family
 
-__all__ = ["OPS", "ShuffleChoiceBlock", "ShuffleNetSPOS", "channel_split", "init_weights", "layer_specs"]
+__all__ = ["OPS", "ShuffleChoiceBlock", "ShuffleNetSPOS", "channel_split", "init_weights", "layer_specs",
+           "official_unit_key"]
 
 OPS = ("shufflenet_3x3", "shufflenet_5x5", "shufflenet_7x7", "xception_3x3")
 ARCH_KEYS = ("choices", "stage_repeats", "stage_out_channels", "stem_size", "num_features", "bn_eps", "drop_rate")
@@ -155,12 +156,15 @@ class ShuffleNetSPOS(nn.Module):
             in_chans: int = 3,
             global_pool: str = "avg",
             drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
             norm_layer=nn.BatchNorm2d,
             act_layer=nn.ReLU,
             device=None,
             dtype=None,
     ):
         super().__init__()
+        if drop_path_rate:  # accepted so that generic train recipes (drop_path_rate: 0) build it
+            raise ValueError(f"drop_path_rate={drop_path_rate}: ShuffleNetV2 blocks have no residual path to drop")
         if len(ops) != sum(stage_repeats):
             raise ValueError(f"expected {sum(stage_repeats)} ops (sum of stage_repeats), got {len(ops)}")
         self.num_classes = num_classes
@@ -373,6 +377,13 @@ _HEAD_KEYS = {"first_conv.0.": "stem.conv.", "first_conv.1.": "stem.bn.",
               "conv_last.0.": "final_conv.conv.", "conv_last.1.": "final_conv.bn.", "classifier.0.": "fc."}
 
 
+def official_unit_key(op: int, branch: str, index: int) -> Optional[str]:
+    """Our sub-key of the official `branch_main` / `branch_proj` Sequential index of op `op` ('3.bn'); None for a
+    parameter-free index (a ReLU). Shared by the entry loader and the search supernet."""
+    seq = "proj" if branch == "branch_proj" else OPS[op].split("_")[0]
+    return _SEQ_MAPS[seq].get(index)
+
+
 def _is_official(state_dict) -> bool:
     return any(k == "log_alpha" or k.startswith(("features.", "first_conv.", "conv_last.", "classifier.0."))
                for k in state_dict)
@@ -432,8 +443,7 @@ def adapt_state_dict(state_dict, entry) -> dict:
             layer, op, branch, idx, rest = int(m.group(1)), int(m.group(2)), m.group(3), int(m.group(4)), m.group(5)
             if op != choices[layer]:
                 continue  # another op of a supernet layer
-            seq = "proj" if branch == "branch_proj" else OPS[op].split("_")[0]
-            unit = _SEQ_MAPS[seq].get(idx)
+            unit = official_unit_key(op, branch, idx)
             if unit is not None:
                 s, j = specs[layer][:2]
                 out[f"stages.{s}.{j}.{branch}.{unit}.{rest}"] = value
