@@ -251,7 +251,8 @@ def run(job) -> Dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             import warnings
             warnings.warn(f"population figure not drawn: {type(err).__name__}: {err}")
-    summary = (f"SPOS {cfg['name']}: {best}, {cost(best) / 1e6:.3f} M {metric} (budget {cfg['search']['budget']}), "
+    from ..cost import format_cost
+    summary = (f"SPOS {cfg['name']}: {best}, {format_cost(cost(best), metric)} (budget {cfg['search']['budget']}), "
                f"held-out top-1 {best_score:.2f} after BN recalibration")
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": best, "score": best_score,
             "summary": summary}
