@@ -1,21 +1,25 @@
-"""DNA supernet training step: nas_zoo.search (timm blocks + the engine's TrainLoop step) vs plain PyTorch.
+"""DNA supernet training: nas_zoo.search (family-built blocks + the engine's Loop) vs the same loop in plain PyTorch.
 
 One step = a uniformly random single path through one supernet stage, MSE against the teacher's block output,
-backward, Adam. The teacher features are fixed random tensors of the right shapes (the teacher's cost is the same
-for both and would only dilute the comparison). Both sides run the same shapes, ops and path sequence.
+backward, Adam. The teacher features are fixed random tensors of the right shapes (the teacher costs both sides
+the same). Both sides run the same shapes, ops, batches and path sequence.
 
-    python benchmarks/dna_supernet_step.py                       # official stage 1 (48 -> 40 x4 -> 80, 56 -> 28 px)
-    python benchmarks/dna_supernet_step.py --stage 3 --batch 32 --device cuda
+What is timed is the whole loop: the loader, the steps, the engine's hooks and guard, and the end-of-epoch
+checkpoint (plain PyTorch: torch.save of model + optimizer). The variants are interleaved in one process
+(A B B A ...), each warmed up first, and the medians over the repeats are reported, wall and CPU time, with the
+peak memory of the measured segment (CUDA: max allocated; CPU: peak RSS growth above the segment's start,
+sampled every millisecond).
 
-Each variant runs in its own process, so the peak memory (CUDA: max allocated; CPU: peak RSS) is its own.
+    python benchmarks/dna_supernet_step.py                       # official stage 1 (48 -> 40 x4 -> 80, 56 px)
+    python benchmarks/dna_supernet_step.py --stage 3 --batch 32 --device cuda --repeats 7
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
+import statistics
+import tempfile
+import threading
 import time
 
 # official supernet (hidden, stride, layers), teacher (B7) widths and the input resolution of each stage at 224 px
@@ -53,94 +57,152 @@ def plain_stage(stage: int):
                          for i in range(layers))
 
 
-def run_variant(variant: str, stage: int, batch: int, steps: int, warmup: int, device: str) -> dict:
+class PeakRSS:
+    """Peak resident-set growth (MiB) during a `with` block, sampled every millisecond from /proc/self/statm."""
+
+    def __enter__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mib = (self.peak - self.base) / 2 ** 20
+        return False
+
+
+def build(stage: int, batch: int, steps: int, device: str):
+    """The two variants' epoch functions, built on the same shapes, batches and paths."""
     import numpy as np
     import torch
     import torch.nn.functional as F
     from timm.optim import create_optimizer_v2
 
-    torch.manual_seed(0)
+    from nas_zoo.search.engine import DistContext, Loop, Phase
+    from nas_zoo.search.spaces.dna import PRIMITIVES, SupernetStage
+
     dev = torch.device(device)
     hidden, stride, layers = STAGES[stage]
     res = IN_RES[stage]
-    x = torch.randn(batch, TEACHER[stage], res, res, device=dev)
-    y = torch.randn(batch, TEACHER[stage + 1], res // stride, res // stride, device=dev)
-    rng = np.random.RandomState(0)
-    paths = [[int(rng.randint(len(OPS))) for _ in range(layers)] for _ in range(steps + warmup)]
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(batch, TEACHER[stage], res, res, generator=g),
+                torch.randn(batch, TEACHER[stage + 1], res // stride, res // stride, generator=g))
+               for _ in range(steps)]
+    tmp = tempfile.mkdtemp(prefix="dna_bench_")
 
-    if variant == "nas_zoo":
-        from nas_zoo.search.engine import DistContext, TrainLoop
-        from nas_zoo.search.spaces.dna import PRIMITIVES, SupernetStage
-        module = SupernetStage(PRIMITIVES, TEACHER[stage], hidden, TEACHER[stage + 1], stride, layers).to(dev)
-        opt = create_optimizer_v2(module, opt="adam", lr=0.005, weight_decay=1e-4)
-        it = iter(paths)
-        loop = TrainLoop(ctx=DistContext(device=dev), ckpt_path=os.devnull, model=module, optimizer=opt, epochs=1,
-                         make_loader=lambda e: [], step_fn=lambda b: F.mse_loss(module(b[0], next(it)), b[1]))
-        step = lambda: loop._train_step((x, y))  # noqa: E731  (the engine's own step: guard, backward, optimizer)
-    else:
-        module = plain_stage(stage).to(dev)
-        opt = create_optimizer_v2(module, opt="adam", lr=0.005, weight_decay=1e-4)
-        it = iter(paths)
+    torch.manual_seed(0)
+    ours = SupernetStage(PRIMITIVES, TEACHER[stage], hidden, TEACHER[stage + 1], stride, layers).to(dev)
+    ours_opt = create_optimizer_v2(ours, opt="adam", lr=0.005, weight_decay=1e-4)
+    torch.manual_seed(0)
+    plain = plain_stage(stage).to(dev)
+    plain_opt = create_optimizer_v2(plain, opt="adam", lr=0.005, weight_decay=1e-4)
+    ctx = DistContext(device=dev)
+    counter = {"nas_zoo": 0, "plain": 0}
 
-        def step():
+    def nas_zoo_epoch():
+        rng = np.random.RandomState(counter["nas_zoo"])
+        counter["nas_zoo"] += 1
+        ckpt = os.path.join(tmp, f"loop{counter['nas_zoo']}.pt")
+
+        def step(b):
+            x, y = b[0].to(dev, non_blocking=True), b[1].to(dev, non_blocking=True)
+            return F.mse_loss(ours(x, [int(rng.randint(len(OPS))) for _ in range(layers)]), y)
+
+        loop = Loop(ctx=ctx, ckpt_path=ckpt, epochs=1, modules={"stage": ours}, optimizers={"adam": ours_opt},
+                    phases=[Phase("train", lambda e: batches, step, optimizer="adam")], rngs={"path": rng},
+                    desc="bench")
+        loop.run()
+        os.unlink(ckpt)
+
+    def plain_epoch():
+        rng = np.random.RandomState(counter["plain"])
+        counter["plain"] += 1
+        plain.train()
+        for b in batches:
+            x, y = b[0].to(dev, non_blocking=True), b[1].to(dev, non_blocking=True)
             h = x
-            for layer, c in zip(module, next(it)):
-                h = layer[c](h)
+            for layer in plain:
+                h = layer[int(rng.randint(len(OPS)))](h)
             loss = F.mse_loss(h, y)
-            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):  # the same guard the engine runs
+                raise RuntimeError("non-finite loss")
+            plain_opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            return loss
+            plain_opt.step()
+        ckpt = os.path.join(tmp, "plain.pt")
+        torch.save({"model": plain.state_dict(), "optimizer": plain_opt.state_dict()}, ckpt)
+        os.unlink(ckpt)
 
-    module.train()
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    if dev.type == "cuda":
+    params = {"nas_zoo": sum(p.numel() for p in ours.parameters()),
+              "plain": sum(p.numel() for p in plain.parameters())}
+    return {"nas_zoo": nas_zoo_epoch, "plain": plain_epoch}, params
+
+
+def measure(fn, device: str) -> dict:
+    import torch
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    elapsed = time.perf_counter() - start
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2 ** 20
-    else:
-        import resource
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"variant": variant, "images_per_s": steps * batch / elapsed, "peak_mib": peak,
-            "params": sum(p.numel() for p in module.parameters())}
+    with PeakRSS() as rss:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else rss.mib
+    return {"wall": wall, "cpu": cpu, "peak": peak}
 
 
 def main() -> int:
+    import torch
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", type=int, default=1, choices=range(6))
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
-    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed epoch")
+    p.add_argument("--repeats", type=int, default=5, help="timed epochs per variant (medians are reported)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
-    if args.variant:
-        print(json.dumps(run_variant(args.variant, args.stage, args.batch, args.steps, args.warmup, args.device)))
-        return 0
-    rows = []
-    for variant in ("plain", "nas_zoo"):
-        out = subprocess.run([sys.executable, __file__, "--variant", variant, "--stage", str(args.stage), "--batch",
-                              str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
-                              args.device], capture_output=True, text=True, check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    os.environ.setdefault("NAS_ZOO_NO_PROGRESS", "1")
+    variants, params = build(args.stage, args.batch, args.steps, args.device)
+    for fn in variants.values():  # warm-up: every op, the allocator, the optimizer state
+        fn()
+    results = {name: [] for name in variants}
+    order = list(variants)
+    for r in range(args.repeats):
+        for name in (order if r % 2 == 0 else order[::-1]):  # A B, B A, A B ...
+            results[name].append(measure(variants[name], args.device))
+    med = {name: {k: statistics.median(m[k] for m in rows) for k in ("wall", "cpu", "peak")}
+           for name, rows in results.items()}
     hidden, stride, layers = STAGES[args.stage]
-    print(f"DNA supernet step, stage {args.stage} ({TEACHER[args.stage]} -> {hidden} x{layers} -> "
-          f"{TEACHER[args.stage + 1]}, {IN_RES[args.stage]} px, stride {stride}), batch {args.batch}, {args.device}, "
-          f"torch threads {__import__('torch').get_num_threads()}")
-    mem = "peak MiB (CUDA alloc)" if args.device == "cuda" else "peak RSS MiB"
-    print(f"{'variant':<10}{'images/s':>12}{mem:>24}{'params':>12}")
-    for r in rows:
-        print(f"{r['variant']:<10}{r['images_per_s']:>12.1f}{r['peak_mib']:>24.1f}{r['params']:>12,}")
-    print(f"ratio nas_zoo / plain: {rows[1]['images_per_s'] / rows[0]['images_per_s']:.3f} (throughput), "
-          f"{rows[1]['peak_mib'] / rows[0]['peak_mib']:.3f} (memory)")
+    print(f"DNA supernet stage {args.stage} ({TEACHER[args.stage]} -> {hidden} x{layers} -> {TEACHER[args.stage + 1]},"
+          f" {IN_RES[args.stage]} px), batch {args.batch}, {args.steps} steps + checkpoint per epoch, {args.repeats} "
+          f"interleaved repeats, {args.device}, torch threads {torch.get_num_threads()}")
+    mem = "peak MiB (CUDA alloc)" if args.device.startswith("cuda") else "peak RSS growth MiB"
+    print(f"{'variant':<10}{'images/s':>10}{'CPU s/epoch':>13}{mem:>24}{'params':>12}")
+    images = args.steps * args.batch
+    for name in ("plain", "nas_zoo"):
+        m = med[name]
+        print(f"{name:<10}{images / m['wall']:>10.1f}{m['cpu']:>13.3f}{m['peak']:>24.1f}{params[name]:>12,}")
+    a, b = med["nas_zoo"], med["plain"]
+    spread = {n: (min(x["wall"] for x in rows), max(x["wall"] for x in rows)) for n, rows in results.items()}
+    print(f"ratio nas_zoo / plain: throughput {b['wall'] / a['wall']:.3f}, CPU time {a['cpu'] / b['cpu']:.3f}, "
+          f"peak memory {a['peak'] / max(b['peak'], 1e-9):.3f}")
+    print("wall s/epoch min-max: " + ", ".join(f"{n} {lo:.3f}-{hi:.3f}" for n, (lo, hi) in spread.items()))
     return 0
 
 

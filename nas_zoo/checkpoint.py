@@ -8,7 +8,6 @@ dict subclass), so yacs need not be installed and no code from the file ever run
 from __future__ import annotations
 
 import argparse
-import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from .errors import NasZooError
+from .io import atomic_write_bytes
 
 __all__ = ["CheckpointError", "read_checkpoint", "extract_state_dict", "check_state_dict"]
 
@@ -47,13 +47,45 @@ def read_checkpoint(path) -> object:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).split("\n\n")[-1].strip().splitlines()
+        refused = [line.strip() for line in str(e).splitlines() if "GLOBAL" in line]
+        if not refused:  # a broken pickle stream, not a refused object
+            raise CheckpointError(_unreadable(path, e)) from None
         raise CheckpointError(
             f"{path}: refused to unpickle: the file holds objects outside the allow-list "
-            f"(tensors, containers, argparse.Namespace, yacs CfgNode). {first[0] if first else ''}".strip()
+            f"(tensors, containers, argparse.Namespace, yacs CfgNode). {refused[0]}"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except Exception as e:  # torch.load reports foreign bytes as anything (KeyError: 101 for a text file)
+        raise CheckpointError(_unreadable(path, e)) from None
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why torch.load could not read a file: it is text, empty, or bytes of no checkpoint format (damaged)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    text = _as_text(head)
+    if not head:
+        return f"not a checkpoint: {path} is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        kind = "zip archive" if head[:2] == b"PK" else "pickle"
+        lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith("Check the")]
+        return (f"not a checkpoint: {path} is a damaged or truncated PyTorch file (a {kind} that torch.load cannot "
+                f"read: {type(error).__name__}: {lines[-1].split('. ')[0][:120] if lines else ''})")
+    if text is not None:
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        return f"not a checkpoint: {path} is a text file (it starts {first!r})"
+    return (f"not a checkpoint: {path} is damaged or another kind of file (neither a PyTorch zip archive, "
+            "a pickle nor safetensors)")
+
+
+def _as_text(head: bytes) -> Optional[str]:
+    """`head` as text when it is printable UTF-8 (a multi-byte character cut at the end is allowed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return None
+        text = head[:e.start].decode("utf-8")
+    return text if all(c.isprintable() or c in "\t\n\r" for c in text) else None
 
 
 def _is_state_dict(obj) -> bool:
@@ -119,9 +151,6 @@ def check_state_dict(state_dict: Mapping, expected: Mapping[str, Tuple[int, ...]
 
 def save_file_atomic(state_dict: Mapping[str, torch.Tensor], path, metadata: Optional[dict] = None) -> Path:
     """Write a safetensors file via a temp file + rename, so readers never see half a file."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return path
+    from safetensors.torch import save
+    data = save({k: v.contiguous() for k, v in state_dict.items()}, metadata=metadata)
+    return atomic_write_bytes(path, data)

@@ -24,14 +24,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import yaml
 
 from .errors import NasZooError
+from .io import atomic_write_text
 
-__all__ = ["ArchEntry", "EntryError", "load_entry", "Field"]
+__all__ = ["ArchEntry", "EntryError", "load_entry", "Field", "has_entry_shape", "read_yaml_file"]
 
 # libyaml's safe loader when available: same rules as yaml.safe_load, several times faster
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 TOP_LEVEL_KEYS = ("name", "family", "description", "arch", "pretrained", "paper", "provenance")
+REQUIRED_KEYS = ("name", "family", "arch")
 
 # pretrained-cfg fields an entry may set (timm's PretrainedCfg fields plus ours, used by the weight resolver)
 PRETRAINED_KEYS = {
@@ -175,11 +177,7 @@ class ArchEntry:
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
         """Write the entry atomically (a crash never leaves a half-written entry)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_yaml())
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, self.to_yaml())
 
 
 def load_entry(obj: Union[str, os.PathLike, Mapping], source: Optional[str] = None) -> ArchEntry:
@@ -187,19 +185,32 @@ def load_entry(obj: Union[str, os.PathLike, Mapping], source: Optional[str] = No
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         source = source or str(path)
-        try:
-            text = path.read_text()
-        except OSError as e:
-            raise EntryError(source, "<file>", f"cannot read the entry file ({e.strerror})") from None
-        try:
-            data = yaml.load(text, Loader=SAFE_LOADER)
-        except yaml.YAMLError as e:
-            raise EntryError(source, "<file>", f"not valid YAML: {e}") from None
-        entry = validate_entry(data, source)
+        entry = validate_entry(read_yaml_file(path, source), source)
         entry.path = path.absolute()
         return entry
     data = copy.deepcopy(dict(obj)) if isinstance(obj, Mapping) else obj
     return validate_entry(data, source or "<mapping>")
+
+
+def read_yaml_file(path: Path, source: Optional[str] = None) -> Any:
+    """The YAML document of a file (safe loader); an unreadable file or bad YAML is one EntryError."""
+    source = source or str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise EntryError(source, "<file>", f"cannot read the entry file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise EntryError(source, "<file>", "not a text file (expected UTF-8 YAML)") from None
+    try:
+        return yaml.load(text, Loader=SAFE_LOADER)
+    except yaml.YAMLError as e:
+        raise EntryError(source, "<file>", f"not valid YAML: {e}") from None
+
+
+def has_entry_shape(data: Any) -> bool:
+    """Whether a YAML document is meant as an entry: a mapping with the required top-level fields. Other YAML
+    beside entries (a search run's resolved.yaml, say) is not an entry."""
+    return isinstance(data, Mapping) and all(key in data for key in REQUIRED_KEYS)
 
 
 def validate_entry(data: Any, source: str) -> ArchEntry:
@@ -209,7 +220,7 @@ def validate_entry(data: Any, source: str) -> ArchEntry:
     if not isinstance(data, Mapping):
         raise EntryError(source, "<root>", f"expected a mapping with fields {list(TOP_LEVEL_KEYS)}, "
                                            f"got {_describe(data)}")
-    root.mapping(required=("name", "family", "arch"), allowed=TOP_LEVEL_KEYS)
+    root.mapping(required=REQUIRED_KEYS, allowed=TOP_LEVEL_KEYS)
 
     name = root.child("name").expect(str)
     if not NAME_RE.match(name):

@@ -31,6 +31,7 @@ import yaml
 from . import __version__
 from .checkpoint import CheckpointError, save_file_atomic
 from .errors import NasZooError
+from .io import atomic_write_text
 from .entry import ArchEntry, EntryError, load_entry
 from .families import get_family
 from .registry import ENTRY_ARG, create_from_entry, family_architecture, get_entry, reference_state_shapes
@@ -185,9 +186,7 @@ def write_config(model: torch.nn.Module, entry: ArchEntry, folder_entry: dict, p
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def load_model_folder(folder: Union[str, os.PathLike], pretrained: bool = True, **kwargs) -> torch.nn.Module:

@@ -25,6 +25,7 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; what we write is meant to be read
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -5,18 +5,19 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Union
 
 import timm
 import torch
 from timm.models import generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
-from .entry import ArchEntry, EntryError, load_entry
+from .entry import ArchEntry, EntryError, has_entry_shape, load_entry, read_yaml_file, validate_entry
 from .families import get_family
 
 __all__ = ["register_entry", "register_directory", "get_entry", "list_entries", "create_from_entry",
-           "ENTRIES_ENV", "builtin_entry_dir", "family_architecture", "adopt_entry", "ENTRY_ARG"]
+           "ENTRIES_ENV", "EntryWarning", "builtin_entry_dir", "family_architecture", "adopt_entry",
+           "ENTRY_ARG"]
 
 ENTRIES_ENV = "NAS_ZOO_ENTRIES"
 # cfg fields of ours that timm's PretrainedCfg does not know; kept in the entry, read by nas_zoo.weights
@@ -183,20 +184,48 @@ def register_family_entrypoints() -> List[str]:
 _FAMILY_ENTRYPOINTS: Dict[str, object] = {}
 
 
-def register_directory(directory: Union[str, os.PathLike]) -> List[str]:
-    """Register every ``*.yaml`` entry in a directory (sorted by file name)."""
+def register_directory(directory: Union[str, os.PathLike], strict: bool = True) -> List[str]:
+    """Register every ``*.yaml`` entry in a directory (sorted by file name).
+
+    YAML files without an entry's top-level fields (name, family, arch) are not entries and are skipped, so a
+    search run directory (entry.yaml beside resolved.yaml) can be registered as it is. A broken entry raises
+    its EntryError; with ``strict=False`` it is skipped with one warning naming the file and the field.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise EntryError(str(directory), "<directory>", "entry directory does not exist")
-    return [register_entry(p) for p in sorted(directory.glob("*.yaml"))]
+    names = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            data = read_yaml_file(path)
+            if not has_entry_shape(data):
+                continue
+            entry = validate_entry(data, str(path))
+            entry.path = path.absolute()
+            names.append(register_entry(entry))
+        except EntryError as e:
+            if strict:
+                raise
+            warnings.warn(f"{ENTRIES_ENV}: skipped {e}", EntryWarning, stacklevel=2)
+    return names
+
+
+class EntryWarning(UserWarning):
+    """A broken entry file found through NAS_ZOO_ENTRIES, skipped so that `import nas_zoo` still works."""
 
 
 def register_env_directories(value: Optional[str] = None) -> List[str]:
+    """The directories of NAS_ZOO_ENTRIES; a missing directory or a broken entry there only warns: a stray
+    file must not break every `import nas_zoo`."""
     value = os.environ.get(ENTRIES_ENV, "") if value is None else value
     names = []
     for part in value.split(os.pathsep):
-        if part.strip():
-            names += register_directory(part.strip())
+        if not part.strip():
+            continue
+        try:
+            names += register_directory(part.strip(), strict=False)
+        except EntryError as e:
+            warnings.warn(f"{ENTRIES_ENV}: skipped {e}", EntryWarning, stacklevel=2)
     return names
 
 

@@ -154,15 +154,29 @@ def _cache_location(cache_dir=None) -> str:
 
 
 def _hub_file(hub_id: str, filename: str, cache_dir=None) -> Tuple[Optional[Path], str]:
-    """Download (or find in the cache) one file of a hub repo; (path, '') or (None, why not)."""
+    """Find one file of a hub repo in the local HF cache, else download it; (path, '') or (None, why not).
+
+    The cache is looked at first, without any network call, so cached weights load at once offline. The
+    download is preceded by one metadata request without huggingface_hub's retries: an unreachable hub is
+    reported at once instead of after half a minute of retrying. (A cached copy is used as it is; delete it or
+    pin `@revision` in the hub id to get another.)
+    """
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, \
+            try_to_load_from_cache
         from huggingface_hub.utils import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
                                            OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
     except ImportError as e:  # pragma: no cover - huggingface_hub is a dependency
         return None, f"huggingface_hub is not importable ({e})"
     repo_id, revision = split_hub_id(hub_id)
+    cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+    if isinstance(cached, str):
+        return Path(cached), ""
+    not_cached = f"'{filename}' is not in the local cache"
+    if constants.HF_HUB_OFFLINE:
+        return None, f"{not_cached} and HF_HUB_OFFLINE=1 forbids downloading it"
     try:
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision))
         return Path(hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir)), ""
     except LocalEntryNotFoundError:
         return None, (f"'{filename}' is not in the local cache and the hub cannot be reached "
@@ -173,3 +187,6 @@ def _hub_file(hub_id: str, filename: str, cache_dir=None) -> Tuple[Optional[Path
         return None, f"the repository has no '{filename}'"
     except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
         return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreachable'}"
+    except Exception as e:  # the HTTP client's own transport errors (no network, DNS, TLS, timeouts)
+        first = str(e).splitlines()[0] if str(e) else "unreachable"
+        return None, f"{not_cached} and the hub cannot be reached ({type(e).__name__}: {first})"

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import NasZooError
+from nas_zoo.errors import NasZooError
 
 __all__ = ["main", "build_parser"]
 
@@ -88,7 +87,7 @@ def _figures(run_dir: Path, ctx) -> None:
 
 def _write_once(run_dir: Path, resolved: dict, record: dict, ctx) -> None:
     """Record the resolved config and the command; refuse a directory that holds a different run."""
-    from ..io import atomic_write_text
+    from nas_zoo.io import atomic_write_text
     from .config import dump_yaml, read_yaml
     target = run_dir / "resolved.yaml"
     ctx.barrier()  # every process looks before rank 0 writes

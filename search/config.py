@@ -10,13 +10,13 @@ import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from ..errors import NasZooError
+from nas_zoo.errors import NasZooError
 
-__all__ = ["ConfigError", "Opt", "load_config", "apply_overrides", "validate", "dump_yaml"]
+__all__ = ["ConfigError", "Opt", "load_config", "apply_overrides", "validate", "dump_yaml", "check_bounds"]
 
 REQUIRED = object()
 
@@ -33,12 +33,16 @@ class ConfigError(NasZooError):
 
 @dataclass(frozen=True)
 class Opt:
-    """One leaf of a schema: accepted type(s), default (REQUIRED if none) and optional choices / free mapping."""
+    """One leaf of a schema: accepted type(s), default (REQUIRED if none), optional choices, and for numbers
+    optional bounds: `low` / `high` inclusive, `above` exclusive (a learning rate: above=0)."""
 
     type: Any
     default: Any = REQUIRED
     choices: Optional[Sequence[Any]] = None
     help: str = ""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    above: Optional[float] = None
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list",
@@ -64,7 +68,24 @@ def _check_leaf(opt: Opt, value: Any, source: str, key: str) -> Any:
         raise ConfigError(source, key, f"expected {_type_name(opt.type)}, got {type(value).__name__} {shown}")
     if opt.choices is not None and value not in opt.choices:
         raise ConfigError(source, key, f"expected one of {list(opt.choices)}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        check_bounds(value, source, key, low=opt.low, high=opt.high, above=opt.above)
     return value
+
+
+def check_bounds(value, source: str, key: str, low=None, high=None, above=None) -> None:
+    """One ConfigError when a number lies outside [low, high] or is not greater than `above`."""
+    bad = (low is not None and value < low) or (high is not None and value > high) or \
+          (above is not None and not value > above)
+    if bad:
+        floor = above if above is not None else low
+        if floor is not None and high is not None:
+            what = f"in {'(' if above is not None else '['}{floor:g}, {high:g}]"
+        elif high is not None:
+            what = f"<= {high:g}"
+        else:
+            what = f"{'>' if above is not None else '>='} {floor:g}"
+        raise ConfigError(source, key, f"expected a number {what}, got {value!r}")
 
 
 def validate(data: Any, schema: Mapping[str, Any], source: str, prefix: str = "") -> dict:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -165,18 +163,8 @@ class CostTable:
 
     def save(self, path: Union[str, Path]) -> Path:
         """Write the table as JSON (atomically: a temporary file, then a rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        return path
+        from nas_zoo.io import atomic_write_text
+        return atomic_write_text(path, json.dumps(self.to_dict()) + "\n")
 
     # ---- lookups
 
@@ -553,7 +541,7 @@ class Budget:
         except ValueError as e:
             raise ConfigError(source, key, f"{text!r}: {e}") from None
         if not math.isfinite(number) or number <= 0:
-            raise ConfigError(source, key, f"expected a positive budget, got {text!r}")
+            raise ConfigError(source, key, f"expected a number > 0 with its unit, got {text!r}")
         return cls(metric, number * factor, str(text).strip())
 
     def in_unit(self, unit: str) -> float:

@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..errors import NasZooError
+from nas_zoo.errors import NasZooError
 
 __all__ = ["DistContext", "setup_distributed", "RunError", "NonFiniteLossError", "save_checkpoint",
            "load_checkpoint", "get_rng_state", "set_rng_state", "numpy_rng_to_state", "numpy_rng_from_state",
@@ -250,7 +248,7 @@ def seed_everything(seed: int) -> None:
 # ------------------------------------------------------------------------------------------------ checkpoints
 def save_checkpoint(state: Mapping, path: Union[str, os.PathLike]) -> Path:
     """torch.save through nas_zoo.io.atomic_write: never half-written, whenever the process dies."""
-    from ..io import atomic_write
+    from nas_zoo.io import atomic_write
     return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 

@@ -27,7 +27,7 @@ def write_entry(job, space, arch: Any, *, supernet_state: Optional[Mapping[str, 
     """Write the entry of `arch` (rank 0; every rank returns its path). Returns the entry file."""
     from nas_zoo.entry import load_entry
 
-    from ..io import atomic_write
+    from nas_zoo.io import atomic_write
     cfg, run_dir = job.cfg, Path(job.run_dir)
     name = name or cfg["name"]
     path = Path(path or run_dir / "entry.yaml")

@@ -35,11 +35,11 @@ def _pyplot():
 def _save(fig, path: Path) -> Path:
     """Write the figure through a temporary file (a reader never sees half a PNG), then free it."""
     import matplotlib.pyplot as plt
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    from nas_zoo.io import atomic_write
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=130, bbox_inches="tight", format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _epoch_axis(ax, ylabel: str, legend: bool = True) -> None:
@@ -160,8 +160,20 @@ def plot_run(run_dir: PathLike) -> Path:
         meta = json.loads((run_dir / "population.json").read_text())
         return plot_population(meta["history"], run_dir / "population.png", budget=meta.get("budget"),
                                unit=meta.get("unit", "MMACs"), chosen=meta.get("chosen"))
-    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/, alpha_history.json or "
-                            "population.json) nor a finished training run (metrics.json)")
+    if (run_dir / "entry.yaml").exists() and (run_dir / "board.json").exists():  # a Cream search
+        from .methods.cream import plot_board
+        return plot_board(run_dir)
+    if (run_dir / "entry.yaml").exists() and (run_dir / "genotype_history.json").is_file():  # a CDARTS search
+        import json
+        from .methods.cdarts_plots import plot_cdarts
+        return plot_cdarts(run_dir, json.loads((run_dir / "genotype_history.json").read_text()))[0]
+    if (run_dir / "net_config").exists() and (run_dir / "history.json").exists():  # a DenseNAS search
+        from .methods.densenas import plot_search
+        path = plot_search(run_dir)
+        if path is not None:
+            return path
+    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/ or board.json, "
+                            "alpha_history.json or population.json) nor a finished training run (metrics.json)")
 
 
 OP_NAMES = ("3x3", "5x5", "7x7", "xception")

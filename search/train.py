@@ -9,55 +9,55 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import Opt
-from .engine import DistContext, RunLogger, TrainLoop, convert_sync_batchnorm, progress, unwrap, wrap_ddp
+from .engine import DistContext, RunLogger, TrainLoop, convert_sync_batchnorm, unwrap, wrap_ddp
 
 __all__ = ["TRAIN_SECTION", "ENGINE_SECTION", "train_classifier", "evaluate_classifier"]
 
 TRAIN_SECTION = {
-    "epochs": Opt(int, 10),
-    "batch_size": Opt(int, 128, help="global batch (split over the processes)"),
+    "epochs": Opt(int, 10, low=1),
+    "batch_size": Opt(int, 128, help="global batch (split over the processes)", low=1),
     "opt": Opt(str, "sgd", help="timm optimizer name"),
-    "lr": Opt(float, 0.1),
-    "momentum": Opt(float, 0.9),
-    "weight_decay": Opt(float, 1e-5),
+    "lr": Opt(float, 0.1, above=0),
+    "momentum": Opt(float, 0.9, low=0, high=1),
+    "weight_decay": Opt(float, 1e-5, low=0),
     "sched": Opt(str, "cosine", help="timm scheduler name"),
-    "warmup_epochs": Opt(int, 0),
-    "warmup_lr": Opt(float, 1e-5),
-    "min_lr": Opt(float, 0.0),
-    "decay_epochs": Opt(float, 2.4),
-    "decay_rate": Opt(float, 0.97),
-    "label_smoothing": Opt(float, 0.1),
-    "mixup": Opt(float, 0.0),
-    "cutmix": Opt(float, 0.0),
+    "warmup_epochs": Opt(int, 0, low=0),
+    "warmup_lr": Opt(float, 1e-5, low=0),
+    "min_lr": Opt(float, 0.0, low=0),
+    "decay_epochs": Opt(float, 2.4, above=0),
+    "decay_rate": Opt(float, 0.97, above=0),
+    "label_smoothing": Opt(float, 0.1, low=0, high=1),
+    "mixup": Opt(float, 0.0, low=0),
+    "cutmix": Opt(float, 0.0, low=0),
     "ema": Opt(bool, False),
-    "ema_decay": Opt(float, 0.9998),
-    "clip_grad": Opt((float, type(None)), None),
-    "drop_rate": Opt((float, type(None)), None),
-    "drop_path_rate": Opt((float, type(None)), None),
-    "eval_every": Opt(int, 1),
+    "ema_decay": Opt(float, 0.9998, low=0, high=1),
+    "clip_grad": Opt((float, type(None)), None, above=0),
+    "drop_rate": Opt((float, type(None)), None, low=0, high=1),
+    "drop_path_rate": Opt((float, type(None)), None, low=0, high=1),
+    "eval_every": Opt(int, 1, low=1),
 }
 
 ENGINE_SECTION = {
     "device": Opt(str, "auto", choices=("auto", "cpu", "cuda")),
     "amp": Opt(bool, False),
-    "workers": Opt(int, 0),
-    "ckpt_every": Opt(int, 0, help="also checkpoint every N steps inside an epoch (0: at epoch ends only)"),
+    "workers": Opt(int, 0, low=0),
+    "ckpt_every": Opt(int, 0, help="also checkpoint every N steps inside an epoch (0: at epoch ends only)",
+                      low=0),
     "sync_bn": Opt(bool, True, help="BatchNorm over the global batch when distributed"),
     "tensorboard": Opt(bool, True),
-    "threads": Opt((int, type(None)), None, help="torch intra-op threads (None: torch default)"),
+    "threads": Opt((int, type(None)), None, help="torch intra-op threads (None: torch default)", low=1),
 }
 
 
 def _per_rank_batch(batch_size: int, ctx: DistContext, key: str) -> int:
     if batch_size % ctx.world_size:
-        raise ValueError(f"{key}={batch_size} is not divisible by the {ctx.world_size} processes")
+        from .config import ConfigError
+        raise ConfigError("<config>", key, f"{batch_size} is not divisible by the {ctx.world_size} processes")
     return batch_size // ctx.world_size
 
 
@@ -154,9 +154,8 @@ def train_classifier(model: nn.Module, train_cfg: dict, engine_cfg: dict, data_c
         save_checkpoint(unwrap(model).state_dict(), out_dir / "model.pt")
         if ema is not None:
             save_checkpoint(ema.module.state_dict(), out_dir / "model_ema.pt")
-        tmp = out_dir / ".metrics.json.tmp"
-        tmp.write_text(json.dumps({"final": final, "history": history}, indent=1))
-        os.replace(tmp, out_dir / "metrics.json")
+        from nas_zoo.io import atomic_write_text
+        atomic_write_text(out_dir / "metrics.json", json.dumps({"final": final, "history": history}, indent=1))
     logger.close()
     ctx.barrier()
     return final
@@ -173,8 +172,8 @@ TRAIN_SCHEMA = {
 def resolve_model(model: str):
     """ENTRY_OR_NAME -> (timm model name, entry or None): an entry YAML, a run dir with entry.yaml, or a name."""
     import timm
-    from ..entry import EntryError
-    from ..registry import get_entry, register_entry
+    from nas_zoo.entry import EntryError
+    from nas_zoo.registry import get_entry, register_entry
     path = Path(model)
     if path.is_dir() and (path / "entry.yaml").is_file():
         path = path / "entry.yaml"

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import nas_zoo
 from nas_zoo.entry import EntryError, load_entry
-from nas_zoo.families.darts_cell import (OPS, PRIMITIVES, DartsCellNet, FactorizedReduce, MixedOp, model_kwargs)
+from nas_zoo.families.darts_cell import (OPS, PRIMITIVES, DartsCellNet, FactorizedReduce, model_kwargs)
 
 ENTRIES = ["cdarts_cifar", "cdarts_imagenet", "cdarts_cifar_arxiv_v1", "cdarts_imagenet_arxiv_v1", "darts_v1_cifar",
            "darts_v2_cifar", "pdarts_cifar", "pcdarts_cifar", "pcdarts_imagenet"]
@@ -217,17 +217,6 @@ def test_factorized_reduce_is_the_official_one_and_handles_odd_sizes():
     official = fr.bn(torch.cat([fr.conv1(relu), fr.conv2(relu[:, :, 1:, 1:])], dim=1))
     assert torch.equal(fr(x), official)
     assert fr(torch.randn(2, 6, 7, 7)).shape == (2, 8, 4, 4)
-
-
-def test_mixed_op_with_one_hot_weights_is_that_op():
-    torch.manual_seed(0)
-    mixed = MixedOp(8, stride=2).eval()
-    x = torch.randn(2, 8, 8, 8)
-    for i, name in enumerate(PRIMITIVES):
-        w = torch.zeros(len(PRIMITIVES))
-        w[i] = 1.0
-        assert torch.allclose(mixed(x, w), mixed.ops[i](x)), name
-    assert all(not bn.affine for bn in mixed.modules() if isinstance(bn, nn.BatchNorm2d))
 
 
 def test_drop_path_applies_to_non_identity_ops_in_training_only():

@@ -82,11 +82,17 @@ def test_main_job_wires_search_training_and_comparison(tmp_path):
     small = ["data.num_train=256", "data.num_val=64"]
     stdout = _run_demo(tmp_path / "demo", *small, "teacher.train.epochs=1", "distill.epochs=1",
                        "potential.batches=1", "--train-epochs", "1",
-                       *[a for kv in small for a in ("--train-set", kv)], timeout=600)
+                       *[a for kv in small for a in ("--train-set", kv)], timeout=1800)
     entry = yaml.safe_load((tmp_path / "demo" / "search" / "entry.yaml").read_text())
     assert entry["provenance"]["cost"]["macs_m"] <= entry["provenance"]["cost"]["budget_value"] == 6.0
     rows = [line.split() for line in stdout.splitlines() if "(found)" in line or "(zoo)" in line]
     assert [r[1] for r in rows] == ["(found)", "(zoo)"], stdout
+    randoms = [line.split() for line in stdout.splitlines() if "(random)" in line]
+    assert [r[0] for r in randoms] == [f"dna_demo_found_random{i}" for i in range(3)], stdout
+    for r in randoms:  # the honest baseline: the same space, within 5 % of the found model's MACs
+        assert float(r[2]) == pytest.approx(float(rows[0][2]), rel=0.06)
+    mean = next(line for line in stdout.splitlines() if line.startswith("random mean (n=3)")).split()
+    assert float(mean[-2].rstrip("%")) == pytest.approx(sum(float(r[4].rstrip("%")) for r in randoms) / 3, abs=0.06)
     assert rows[0][0] == "dna_demo_found" and float(rows[0][2]) == pytest.approx(entry["provenance"]["cost"]["macs_m"],
                                                                                     abs=0.01)
     found = json.loads((tmp_path / "demo" / "train_found" / "metrics.json").read_text())["final"]
@@ -100,8 +106,8 @@ def test_main_job_wires_search_training_and_comparison(tmp_path):
 
 @pytest.mark.slow
 def test_main_job_default_config_trains_the_found_model_well_above_chance(tmp_path):
-    """The demo's own configs, unchanged (no zoo comparison, to save its minutes)."""
-    stdout = _run_demo(tmp_path / "demo", "--no-compare", timeout=1200)
+    """The demo's own configs, unchanged (no zoo comparison or random baselines, to save their minutes)."""
+    stdout = _run_demo(tmp_path / "demo", "--no-compare", "--baselines", "0", timeout=1200)
     found = json.loads((tmp_path / "demo" / "train_found" / "metrics.json").read_text())["final"]
     # 4 classes, 1000 held-out images: chance is 25 % (+-1.4 % std); measured 83.3 %
     assert found["val_top1"] > 50.0, (found, stdout[-2000:])

@@ -83,7 +83,7 @@ def test_an_infeasible_budget_fails_in_seconds_before_training(tmp_path):
 
 @pytest.mark.parametrize("budget, expected", [("6", "expected a number with its unit"),
                                               ("6 furlongs", "unknown unit 'furlongs'"),
-                                              ("-3 MMACs", "expected a positive budget")])
+                                              ("-3 MMACs", "expected a number > 0 with its unit")])
 def test_budgets_are_written_with_their_unit(budget, expected):
     from nas_zoo.search.config import ConfigError
     from nas_zoo.search.cost import Budget

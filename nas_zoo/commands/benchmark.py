@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
 import torch
 
@@ -35,11 +34,25 @@ def add_parser(sub) -> None:
 
 
 def expand_names(names):
+    """'zoo' -> every zoo entry; every other name must be a timm model (zoo entries are), or a `hf-hub:` /
+    `local-dir:` source: an unknown one is one KeyError before anything is built."""
+    import difflib
+
+    import timm
+
     from ..registry import list_entries
 
     out = []
     for name in names:
-        out += sorted(e.name for e in list_entries()) if name == "zoo" else [name]
+        if name == "zoo":
+            out += sorted(e.name for e in list_entries())
+            continue
+        if ":" not in name and not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models() + ["zoo"], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"unknown model {name!r}: not a zoo entry or timm model (`nas-zoo list` shows the "
+                           f"zoo){hint}")
+        out.append(name)
     return out
 
 
@@ -90,13 +103,12 @@ def format_table(rows) -> str:
 
 
 def write_csv(rows, path) -> None:
-    import os
+    import io
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
-    os.replace(tmp, path)
+    from ..io import atomic_write_text
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else r[k]) for k in COLUMNS})
+    atomic_write_text(path, buf.getvalue())

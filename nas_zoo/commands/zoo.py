@@ -19,18 +19,58 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_info)
 
 
+DATASET_OF_TAG = {"in1k": "ImageNet-1k", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+DATASET_OF_CLASSES = {1000: "ImageNet-1k", 10: "CIFAR-10", 100: "CIFAR-100"}
+# a search config's data kinds: (dataset, default image size, default number of classes)
+DATA_KINDS = {"embedded": ("embedded demo data", 32, 10), "cifar10": ("CIFAR-10", 32, 10),
+              "cifar100": ("CIFAR-100", 32, 100), "imagefolder": ("ImageFolder", 224, None)}
+
+
+def eval_setting(entry) -> dict:
+    """Where an entry is evaluated: dataset, input size and number of classes (None: the model's default).
+
+    A released entry says so in its default pretrained cfg; a searched entry (no pretrained cfg) by the data
+    and resolution it was searched on (provenance.data, provenance.cost.image_size); anything else gets timm's
+    ImageNet defaults."""
+    tag = entry.default_tag
+    if tag is not None:
+        cfg = entry.pretrained[tag]
+        classes = cfg.get("num_classes")
+        dataset = DATASET_OF_TAG.get(tag) or DATASET_OF_CLASSES.get(classes) or tag
+        return {"dataset": dataset, "input_size": tuple(cfg.get("input_size", (3, 224, 224))),
+                "num_classes": classes}
+    data = entry.provenance.get("data")
+    if isinstance(data, dict) and data.get("kind", "embedded") in DATA_KINDS:
+        dataset, size, classes = DATA_KINDS[data.get("kind", "embedded")]
+        cost = entry.provenance.get("cost") if isinstance(entry.provenance.get("cost"), dict) else {}
+        size = cost.get("image_size") or data.get("image_size") or size
+        subset = data.get("classes")
+        if dataset == "ImageFolder":
+            root = str(data.get("root") or "").rstrip("/").split("/")[-1]
+            dataset = "ImageNet-1k" if "imagenet" in root.lower() and subset is None else f"ImageFolder {root}"
+        if isinstance(subset, int) and not isinstance(subset, bool):
+            dataset, classes = f"{dataset}, {subset} classes", subset
+        elif subset is not None:  # a class-list file
+            dataset, classes = f"{dataset}, classes of {str(subset).split('/')[-1]}", None
+        return {"dataset": dataset, "input_size": (3, int(size), int(size)), "num_classes": classes}
+    return {"dataset": "ImageNet-1k", "input_size": (3, 224, 224), "num_classes": None}
+
+
 def eval_input_size(entry) -> tuple:
-    cfg = entry.pretrained.get(entry.default_tag or "", {})
-    return tuple(cfg.get("input_size", (3, 224, 224)))
+    return eval_setting(entry)["input_size"]
 
 
 def measure(entry) -> dict:
-    """Params and conv+linear MACs at the entry's eval input size, counted on the meta device."""
+    """Params and conv+linear MACs where the entry is evaluated (its input size and classes), counted on the
+    meta device."""
     import torch
+    setting = eval_setting(entry)
+    kwargs = {"num_classes": setting["num_classes"]} if setting["num_classes"] else {}
     with torch.device("meta"):
-        model = timm.create_model(entry.name)
-    size = eval_input_size(entry)
-    return {"params": count_params(model), "macs": count_macs(model, size), "input_size": list(size)}
+        model = timm.create_model(entry.name, **kwargs)
+    size = setting["input_size"]
+    return {"params": count_params(model), "macs": count_macs(model, size), "input_size": list(size),
+            "dataset": setting["dataset"]}
 
 
 WEIGHT_SOURCES = ("hf_hub_id", "url", "file")

@@ -15,7 +15,8 @@ output of the last reduction cell is used in training only. The arch mapping::
     drop_path_rate: 0.3        # training default (per non-identity op, as DARTS); callers may override
     drop_rate: 0.0             # dropout before the classifier (the official nets have none)
 
-The ops (`OPS`, `PRIMITIVES`), the cell (`DartsCell`) and `MixedOp` are written to be reused by a DARTS-space search.
+The ops (`OPS`, `PRIMITIVES`), the stem (`build_stem`) and the cell (`DartsCell`) are also the building blocks of the
+DARTS-space search (``nas_zoo.search.spaces.darts``: its MixedOp holds one `OPS` module per candidate).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from ..entry import EntryError, Field
 from ..genotype import PRIMITIVES, Genotype, GenotypeError, genotype_from_data
 from . import Family, register_family
 
-__all__ = ["OPS", "PRIMITIVES", "ReLUConvBN", "DwSepConv", "SepConv", "FactorizedReduce", "Zero", "MixedOp",
+__all__ = ["OPS", "PRIMITIVES", "ReLUConvBN", "DwSepConv", "SepConv", "FactorizedReduce", "Zero", "build_stem",
            "DartsCell", "AuxHead", "DartsCellNet", "network_plan", "LAYOUTS", "EVAL_CFGS", "DATASETS"]
 
 ARCH_KEYS = ("stem", "init_channels", "stem_multiplier", "cells_per_stage", "genotype", "stage_genotypes",
@@ -171,20 +172,17 @@ OPS = {
 assert tuple(OPS) == PRIMITIVES
 
 
-class MixedOp(nn.Module):
-    """One edge of a DARTS search network: the weighted sum of every candidate op (BN affine off by default)."""
-
-    def __init__(self, chs: int, stride: int, affine: bool = False, primitives: Sequence[str] = PRIMITIVES,
-                 device=None, dtype=None):
-        super().__init__()
-        self.primitives = tuple(primitives)
-        self.ops = nn.ModuleList([OPS[p](chs, stride, affine, device=device, dtype=dtype) for p in self.primitives])
-
-    def forward(self, x, weights):
-        out = weights[0] * self.ops[0](x)
-        for w, op in zip(weights[1:], self.ops[1:]):
-            out = out + w * op(x)
-        return out
+def build_stem(stem_type: str, in_chans: int, stem_chs: int, device=None, dtype=None) -> Tuple[nn.Module, nn.Module]:
+    """(stem0, stem1): the first cell reads (stem0(x), stem1(stem0(x))). CIFAR: conv3x3 + BN, stem1 the identity;
+    ImageNet: two stride-2 conv3x3 + BN (ReLU between), stem1 a stride-2 ReLU-conv3x3-BN."""
+    dd = {"device": device, "dtype": dtype}
+    if stem_type == "cifar":
+        return nn.Sequential(ConvNormAct(in_chans, stem_chs, 3, stride=1, apply_act=False, **dd)), nn.Identity()
+    stem0 = nn.Sequential(
+        ConvNormAct(in_chans, stem_chs // 2, 3, stride=2, **dd),
+        ConvNormAct(stem_chs // 2, stem_chs, 3, stride=2, apply_act=False, **dd),
+    )
+    return stem0, ReLUConvBN(stem_chs, stem_chs, 3, stride=2, **dd)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -357,15 +355,7 @@ class DartsCellNet(nn.Module):
         genotypes = _stage_genotypes(genotype, len(cells_per_stage))
         plan = network_plan(stem_type, init_channels, stem_multiplier, cells_per_stage, genotypes)
         stem_chs = plan["stem_chs"]
-        if stem_type == "cifar":
-            self.stem0 = nn.Sequential(ConvNormAct(in_chans, stem_chs, 3, stride=1, apply_act=False, **dd))
-            self.stem1 = nn.Identity()  # both cell inputs of the first cell are the stem output
-        else:
-            self.stem0 = nn.Sequential(
-                ConvNormAct(in_chans, stem_chs // 2, 3, stride=2, **dd),
-                ConvNormAct(stem_chs // 2, stem_chs, 3, stride=2, apply_act=False, **dd),
-            )
-            self.stem1 = ReLUConvBN(stem_chs, stem_chs, 3, stride=2, **dd)
+        self.stem0, self.stem1 = build_stem(stem_type, in_chans, stem_chs, **dd)
         self.cells = nn.ModuleList([
             DartsCell(c["nodes"], c["concat"], c["in_chs_pp"], c["in_chs_p"], c["chs"], c["reduction"],
                       c["reduction_prev"], drop_path=drop_path_rate, **dd) for c in plan["cells"]])

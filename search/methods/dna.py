@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -31,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from ..config import ConfigError, Opt, dump_yaml
+from ..config import ConfigError, Opt, check_bounds
 from . import Method
 from ..cost import DISPLAY_UNITS, Budget, check_budget
 from ..engine import (DistContext, RunError, RunLogger, TrainLoop, convert_sync_batchnorm, load_checkpoint, progress,
@@ -48,7 +46,7 @@ OFFICIAL_LRS = [0.002, 0.005, 0.005, 0.005, 0.005, 0.002]
 
 SCHEMA = {
     "name": Opt(str, help="name of the found model (a timm model name)"),
-    "seed": Opt(int, 42),
+    "seed": Opt(int, 42, low=0),
     "data": Opt(dict, help="the data section (nas_zoo.search.data.DataConfig)"),
     "teacher": {
         "model": Opt((str, type(None)), None, help="timm model name, e.g. tf_efficientnet_b7"),
@@ -57,41 +55,43 @@ SCHEMA = {
         "checkpoint": Opt((str, type(None)), None, help="teacher weights file (state_dict, torch.save/safetensors)"),
         "stage_blocks": Opt((list, type(None)), None,
                             help="teacher block index per boundary (stem, stage 0..N-1); default: matched by stride"),
-        "train": {**TRAIN_SECTION, "epochs": Opt(int, 0, help="train the teacher first on the run's data (0: no)")},
+        "train": {**TRAIN_SECTION,
+                  "epochs": Opt(int, 0, help="train the teacher first on the run's data (0: no)", low=0)},
     },
     "supernet": {
-        "stem_size": Opt(int, 32),
+        "stem_size": Opt(int, 32, low=1),
         "stem_block": Opt(str, "ds_r1_k3_s1_c16_se0.25"),
         "stages": Opt(list, OFFICIAL_STAGES, help="[[hidden, stride, layers], ...]"),
         "ops": Opt(list, list(PRIMITIVES)),
     },
     "distill": {
-        "epochs": Opt(int, 20),
-        "batch_size": Opt(int, 512, help="global batch (official: 64 per GPU x 8)"),
+        "epochs": Opt(int, 20, low=1),
+        "batch_size": Opt(int, 512, help="global batch (official: 64 per GPU x 8)", low=1),
         "opt": Opt(str, "adam"),
         "lr": Opt(list, OFFICIAL_LRS, help="learning rate per stage"),
-        "weight_decay": Opt(float, 1e-4),
-        "opt_eps": Opt(float, 1e-8),
-        "decay_rate": Opt(float, 0.9, help="StepLR factor per epoch"),
+        "weight_decay": Opt(float, 1e-4, low=0),
+        "opt_eps": Opt(float, 1e-8, above=0),
+        "decay_rate": Opt(float, 0.9, help="StepLR factor per epoch", above=0),
         "stages": Opt((list, type(None)), None, help="stage indices to run in this process (None: all)"),
-        "clip_grad": Opt((float, type(None)), None),
+        "clip_grad": Opt((float, type(None)), None, above=0),
     },
     "potential": {
-        "batches": Opt(int, 19, help="validation batches per candidate (official: potential_eval_times - 1)"),
-        "batch_size": Opt(int, 64),
+        "batches": Opt(int, 19, help="validation batches per candidate (official: potential_eval_times - 1)", low=1),
+        "batch_size": Opt(int, 64, low=1),
         "official_format": Opt(bool, True, help="also write potentials/official/potential-<s>.yaml as the "
                                                 "official code does (for process_potential.py)"),
     },
     "search": {
         "budget": Opt(str, help="budget of the found model with its unit: '6 MMACs', '3.4 M params', '12 ms'"),
         "metric": Opt(str, "cl_loss", choices=METRICS),
-        "image_size": Opt((int, type(None)), None, help="resolution the MACs are counted at (None: data.image_size)"),
+        "image_size": Opt((int, type(None)), None, help="resolution the MACs are counted at (None: data.image_size)",
+                          low=1),
     },
     "export": {
-        "stem_size": Opt(int, 32),
-        "num_features": Opt(int, 1280),
-        "drop_rate": Opt(float, 0.2),
-        "drop_path_rate": Opt(float, 0.2),
+        "stem_size": Opt(int, 32, low=1),
+        "num_features": Opt(int, 1280, low=1),
+        "drop_rate": Opt(float, 0.2, low=0, high=1),
+        "drop_path_rate": Opt(float, 0.2, low=0, high=1),
     },
     "engine": ENGINE_SECTION,
 }
@@ -128,6 +128,7 @@ def check_config(cfg: dict, source: str) -> None:
     for i, lr in enumerate(cfg["distill"]["lr"]):
         if isinstance(lr, bool) or not isinstance(lr, (int, float)):
             raise ConfigError(source, f"distill.lr[{i}]", f"expected a number, got {lr!r}")
+        check_bounds(lr, source, f"distill.lr[{i}]", above=0)
     if cfg["distill"]["stages"] is not None:
         for i, s in enumerate(cfg["distill"]["stages"]):
             if not isinstance(s, int) or not 0 <= s < len(stages):
@@ -138,12 +139,12 @@ def check_config(cfg: dict, source: str) -> None:
 def check_budget_feasible(cfg: dict, source: str) -> None:
     """The budget against the space's cheapest and most expensive architecture, from the cost tables alone
     (meta-device counts, seconds): an infeasible budget fails before any training, and again on resume."""
-    from ..data import DataConfig, build_dataset
+    from ..data import DataConfig, num_classes_of
     budget = Budget.parse(cfg["search"]["budget"], source, "search.budget")
     if budget.metric == "latency":
         return  # measured on the device at the end of the run; nothing to price beforehand
     data_cfg = DataConfig.from_dict(cfg["data"], where="data")
-    num_classes = build_dataset(data_cfg, "train").num_classes
+    num_classes = num_classes_of(data_cfg)
     lo, hi = dna_space(cfg).cost_range(budget.metric, _image_size(data_cfg, cfg), num_classes)
     check_budget(budget, lo, hi, source)
 
@@ -163,8 +164,8 @@ def build_teacher(cfg: dict, num_classes: int, for_training: bool = False) -> nn
             raise
     else:
         from timm.models.efficientnet import EfficientNet
-        from ...entry import Field
-        from ...families.efficientnet import model_kwargs, validate_arch
+        from nas_zoo.entry import Field
+        from nas_zoo.families.efficientnet import model_kwargs, validate_arch
         arch = validate_arch(Field("<config>", "teacher.arch", copy.deepcopy(t["arch"])))
         kw = model_kwargs(arch)
         if not for_training:
@@ -262,23 +263,10 @@ def match_stages(teacher_shapes: Sequence[Tuple[int, int]], student_strides: Seq
 
 
 # ----------------------------------------------------------------------------------------- potentials
-def _reset_bn(module: nn.Module) -> None:
-    """Official BN_Correction set-up: forget running stats; momentum 1 so one batch sets them."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = 1.0
-
-
-@torch.no_grad()
 def recalibrate_bn(forward, module: nn.Module, batch: torch.Tensor) -> None:
-    saved = {m: m.momentum for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-    _reset_bn(module)
-    module.train()
-    forward(batch)
-    module.eval()
-    for m, mom in saved.items():
-        m.momentum = mom
+    """The official BN_Correction: running statistics from one training batch (momentum 1), then eval mode."""
+    from ..evaluate import recalibrate_bn as recalibrate
+    recalibrate(module, forward, [batch], cumulative=False)
 
 
 def potential_metrics(out: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
@@ -323,9 +311,8 @@ def write_potential(potential: Dict[str, list], stage: int, layers: int, ops: Se
 
 def write_official_potential(potential: Dict[str, list], path: Path) -> None:
     """The official format (process_potential.py input): keys sorted, block-style lists (yaml.safe_dump)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(dict(potential), default_flow_style=False))
-    os.replace(tmp, path)
+    from nas_zoo.io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(dict(potential), default_flow_style=False))
 
 
 # ----------------------------------------------------------------------------------------- costs / export
@@ -512,7 +499,7 @@ def _plain_copy(twin: nn.Module, trained: nn.Module) -> nn.Module:
 def search_and_export(cfg: dict, supernet: DNASupernet, run_dir: Path, num_classes: int, image_size: int,
                       source: str, ctx: DistContext) -> Dict[str, Any]:
     from . import dna_select
-    from ...entry import ArchEntry, load_entry
+    from nas_zoo.entry import load_entry
 
     pot_dir = run_dir / "potentials"
     pot_files = [str(pot_dir / f"potential-{s}.yaml") for s in range(len(supernet.stages))]

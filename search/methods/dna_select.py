@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import yaml
 
-from ...errors import NasZooError
+from nas_zoo.errors import NasZooError
 from ..cost import Budget, CostTable, CostTableError, UNITS
 
 __all__ = ["StagePotentials", "Selection", "pareto_front", "CostTable", "CostTableError", "PotentialFileError",
@@ -420,16 +418,8 @@ def save_potentials(path: PathLike, potentials: StagePotentials) -> Path:
     for i, row in enumerate(potentials.ops.tolist()):
         metrics = ", ".join(f"{n}: {col[i]}" for n, col in zip(names, columns))
         lines.append(f"- {{ops: [{', '.join(map(str, row))}], {metrics}}}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    from nas_zoo.io import atomic_write_text
+    return atomic_write_text(path, "".join(lines))
 
 
 def _yaml_float(x: float) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Tuple
 import numpy as np
 import torch.nn as nn
 
-from ...errors import NasZooError
+from nas_zoo.errors import NasZooError
 
 __all__ = ["Space", "SpaceError", "register_space", "build_space", "space_names"]
 

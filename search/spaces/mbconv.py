@@ -12,9 +12,7 @@ An architecture is a list per stage of op indices (one per layer), e.g. ``[[0, 3
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
