@@ -164,7 +164,6 @@ def plot_run(run_dir: PathLike) -> Path:
         from .methods.cream import plot_board
         return plot_board(run_dir)
     if (run_dir / "entry.yaml").exists() and (run_dir / "genotype_history.json").is_file():  # a CDARTS search
-        import json
         from .methods.cdarts_plots import plot_cdarts
         return plot_cdarts(run_dir, json.loads((run_dir / "genotype_history.json").read_text()))[0]
     if (run_dir / "net_config").exists() and (run_dir / "history.json").exists():  # a DenseNAS search

@@ -86,3 +86,32 @@ def test_two_gloo_ranks_equal_the_mean_of_per_rank_steps(tmp_path):
     # the official scaling (losses pre-divided by W, then summed) gives alpha.grad / W: not what we compute
     official = sum(g["log_alpha"] for g in per_rank) / WORLD ** 2
     assert not torch.allclose(ddp["grads"]["log_alpha"], official)
+
+
+def _torchrun(tmp_path, *args):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", NAS_ZOO_NO_PROGRESS="1", PYTHONPATH=str(repo))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={free_port()}", "-m", "nas_zoo.search.cli", *map(str, args)],
+                          env=env, cwd=repo, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, overrides", [
+    ("dsnas", ["search.epochs=3", "search.stop_epoch=2", "child.epochs=1", "search.pretrain_epochs=0"]),
+    ("spos", ["supernet.iterations=6", "search.generations=2", "search.population=6", "search.select=2",
+              "search.mutations=2", "search.crossovers=2", "search.recal_batches=1", "search.score_batches=1",
+              "search.score_batch_size=32"]),
+])
+def test_methods_run_on_two_gloo_ranks(tmp_path, method, overrides):
+    from pathlib import Path
+    import yaml
+    config = Path(__file__).resolve().parents[1] / "configs" / "search" / f"{method}_demo.yaml"
+    out = _torchrun(tmp_path, method, "--config", config, "--out", tmp_path / "run", "data.num_train=256",
+                    "data.num_val=64", *overrides)
+    assert out.returncode == 0, out.stderr[-3000:]
+    entry = yaml.safe_load((tmp_path / "run" / "entry.yaml").read_text())
+    assert entry["family"] == "shufflenet_spos" and (tmp_path / "run" / "child.safetensors").exists()

@@ -287,9 +287,17 @@ def run(job) -> Dict[str, Any]:
         loop_.sched_interval["child"] = "step"
 
     def child_step(batch):
+        # manual: the child is not wrapped in DDP (per-rank BN statistics, as the official child training), so
+        # its gradients are averaged here
         images, target = (t.to(dev) for t in batch)
-        out = loop.modules["child"](images)
-        return criterion(out, target), {"top1": top1(out, target)}
+        child = loop.modules["child"]
+        loop.zero_grad("child")
+        out = child(images)
+        loss = criterion(out, target)
+        loop.backward(loss)
+        average_gradients(child.parameters(), ctx.world_size)
+        loop.step("child")
+        return {"loss": loss.detach(), "top1": top1(out, target)}
 
     def on_epoch_start(loop_, epoch):
         if epoch < stop:
@@ -336,8 +344,7 @@ def run(job) -> Dict[str, Any]:
                 optimizers={"weights": weights_opt, "arch": arch_opt},
                 schedulers={"weights": weights_sched},
                 phases=[Phase("search", loader=lambda e: loader(e), step=search_step, when=lambda e: e < stop),
-                        Phase("child", loader=lambda e: loader(e), step=child_step, optimizer="child",
-                              when=lambda e: e >= stop)],
+                        Phase("child", loader=lambda e: loader(e), step=child_step, when=lambda e: e >= stop)],
                 state={"history": history, "chosen": chosen,
                        **({"early_fix": early_fix} if early_fix is not None else {})},
                 rngs={"gates": gate_rng}, build=rebuild, on_epoch_start=on_epoch_start, eval_fn=eval_fn,

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ConfigError, Opt
+from ..dsnas_step import average_gradients
 from ..evolution import EvolutionSearch, FlopsBinSampler, default_bins
 from ..train import ENGINE_SECTION
 from . import Method
@@ -181,13 +182,20 @@ def run(job) -> Dict[str, Any]:
     logger = job.logger
 
     def train_step(batch):
+        # manual: the supernet is not wrapped in DDP (blocks off the path have no grad); every rank draws the same
+        # path, the gradients are averaged here
         images, target = (t.to(dev) for t in batch)
         arch = sampler(path_rng)
-        return criterion(supernet(images, arch), target)
+        loop.zero_grad("weights")
+        loss = criterion(supernet(images, arch), target)
+        loop.backward(loss)
+        average_gradients(supernet.parameters(), ctx.world_size)
+        loop.step("weights")
+        return {"loss": loss.detach()}
 
     loop = Loop(ctx=ctx, ckpt_path=job.ckpt("supernet"), epochs=epochs, modules={"supernet": supernet},
                 optimizers={"weights": opt}, schedulers={"weights": sched}, sched_interval={"weights": "step"},
-                phases=[Phase("supernet", loader=loader, step=train_step, optimizer="weights")],
+                phases=[Phase("supernet", loader=loader, step=train_step)],
                 rngs={"path": path_rng}, ckpt_every=cfg["engine"]["ckpt_every"], logger=logger, desc="spos")
     loop.run()
     supernet.eval()
@@ -243,7 +251,8 @@ def run(job) -> Dict[str, Any]:
         except Exception as err:  # noqa: BLE001
             import warnings
             warnings.warn(f"population figure not drawn: {type(err).__name__}: {err}")
-    summary = (f"SPOS {cfg['name']}: {best}, {cost(best) / 1e6:.3f} M {metric} (budget {cfg['search']['budget']}), "
+    from ..cost import format_cost
+    summary = (f"SPOS {cfg['name']}: {best}, {format_cost(cost(best), metric)} (budget {cfg['search']['budget']}), "
                f"held-out top-1 {best_score:.2f} after BN recalibration")
     return {"status": "done", "entry": str(entry), "name": cfg["name"], "arch": best, "score": best_score,
             "summary": summary}
