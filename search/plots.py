@@ -14,7 +14,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 __all__ = ["plot_run", "plot_dna_search", "plot_training", "plot_comparison", "have_matplotlib"]
 
@@ -147,32 +147,45 @@ def plot_comparison(runs: Dict[str, PathLike], out: PathLike, title: str = "") -
 
 
 def plot_run(run_dir: PathLike) -> Path:
-    """The figure of a finished run (search or training); needs matplotlib (see `have_matplotlib`)."""
+    """The figure of a finished run; needs matplotlib (see `have_matplotlib`). A search run is drawn by its method
+    (`Method.plot`, found through the run's own record, run.json), a training run as its curves."""
     run_dir = Path(run_dir)
-    if (run_dir / "entry.yaml").exists() and (run_dir / "potentials").is_dir():
-        return plot_dna_search(run_dir)
-    if (run_dir / "metrics.json").exists():
+    command = None
+    if (run_dir / "run.json").is_file():
+        command = json.loads((run_dir / "run.json").read_text()).get("command")
+    if command not in (None, "train"):
+        from .methods import methods
+        method = methods().get(command)
+        figure = method.plot(run_dir) if method is not None and method.plot is not None else None
+        if figure is not None:
+            return Path(figure)
+    if (run_dir / "metrics.json").exists():  # a training run (also a search's teacher/ folder)
         return plot_training(run_dir)
-    if (run_dir / "alpha_history.json").exists():  # DSNAS
-        records = json.loads((run_dir / "alpha_history.json").read_text())
-        return plot_alpha_history(records, len(records[0]["probs"]) if records else 0, run_dir / "alpha.png")
-    if (run_dir / "population.json").exists():  # SPOS
-        meta = json.loads((run_dir / "population.json").read_text())
-        return plot_population(meta["history"], run_dir / "population.png", budget=meta.get("budget"),
-                               unit=meta.get("unit", "MMACs"), chosen=meta.get("chosen"))
-    if (run_dir / "entry.yaml").exists() and (run_dir / "board.json").exists():  # a Cream search
-        from .methods.cream import plot_board
-        return plot_board(run_dir)
-    if (run_dir / "entry.yaml").exists() and (run_dir / "genotype_history.json").is_file():  # a CDARTS search
-        from .methods.cdarts_plots import plot_cdarts
-        return plot_cdarts(run_dir, json.loads((run_dir / "genotype_history.json").read_text()))[0]
-    if (run_dir / "net_config").exists() and (run_dir / "history.json").exists():  # a DenseNAS search
-        from .methods.densenas import plot_search
-        path = plot_search(run_dir)
-        if path is not None:
-            return path
-    raise FileNotFoundError(f"{run_dir}: neither a finished search (entry.yaml + potentials/ or board.json, "
-                            "alpha_history.json or population.json) nor a finished training run (metrics.json)")
+    raise FileNotFoundError(f"{run_dir}: neither a finished search nor a finished training run (metrics.json)")
+
+
+def plot_dsnas(run_dir: PathLike) -> Optional[Path]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "alpha_history.json").exists():
+        return None
+    records = json.loads((run_dir / "alpha_history.json").read_text())
+    return plot_alpha_history(records, len(records[0]["probs"]) if records else 0, run_dir / "alpha.png")
+
+
+def plot_spos(run_dir: PathLike) -> Optional[Path]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "population.json").exists():
+        return None
+    meta = json.loads((run_dir / "population.json").read_text())
+    return plot_population(meta["history"], run_dir / "population.png", budget=meta.get("budget"),
+                           unit=meta.get("unit", "MMACs"), chosen=meta.get("chosen"))
+
+
+def plot_dna(run_dir: PathLike) -> Optional[Path]:
+    run_dir = Path(run_dir)
+    if not ((run_dir / "entry.yaml").exists() and (run_dir / "potentials").is_dir()):
+        return None
+    return plot_dna_search(run_dir)
 
 
 OP_NAMES = ("3x3", "5x5", "7x7", "xception")

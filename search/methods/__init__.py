@@ -11,6 +11,7 @@ space is new, one file in `spaces/`.
         check=check_config,   # check(cfg, source): everything checkable before training (budget feasibility ...)
         run=run,              # run(job) -> {"status": "done", "entry": path, "name": ..., "summary": "..."}
         commands={},          # extra subcommands: {"select": main(argv) -> int} is `nas-zoo-search dna select`
+        plot=None,            # plot(run_dir) -> path of the run's figure (`nas-zoo-search plot`, end of a run)
     )
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Method:
     check: Optional[Callable[[dict, str], None]] = None
     description: str = ""
     commands: Mapping[str, Callable[[list], int]] = field(default_factory=dict)
+    plot: Optional[Callable[[Path], Any]] = None   # plot(run_dir) -> the figure of a finished run (matplotlib)
 
 
 @dataclass

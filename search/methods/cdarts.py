@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...io import atomic_write_text
+from nas_zoo.io import atomic_write_text
 from ..config import ConfigError, Opt
 from ..engine import Loop, Phase, all_reduce_grads, save_checkpoint, seed_everything
 from ..spaces.darts import (INTERACTIVE_TYPES, LAYOUTS, Alphas, CdartsNetwork, DartsCellSpace, derive_genotype,
@@ -202,7 +202,7 @@ class CycleState:
                 "history": json.dumps(self.history)}
 
     def load_state_dict(self, d: dict) -> None:
-        from ...genotype import genotype_from_data
+        from nas_zoo.genotype import genotype_from_data
         self.genotype = genotype_from_data(d["genotype"])
         self.cycle_started = int(d["cycle_started"])
         self.history = json.loads(d["history"])
@@ -401,8 +401,16 @@ def run(job) -> Dict[str, Any]:
             "genotype": genotype.to_str(), "history": [h["genotype"] for h in cycles], "top1_eval": top1}
 
 
+def _plot(run_dir):
+    import json
+    from .cdarts_plots import plot_cdarts
+    history = Path(run_dir) / "genotype_history.json"
+    figures = plot_cdarts(run_dir, json.loads(history.read_text())) if history.is_file() else []
+    return figures[0] if figures else None
+
+
 METHOD = Method(
     name="cdarts", help="CDARTS: cyclic search / evaluation networks on DARTS cells, ending in a darts_cell entry",
     description="Run CDARTS end to end: pretrain the search network, then cycles of evaluation-network rebuild, "
                 "warm-up and joint steps; writes RUN_DIR/entry.yaml (family darts_cell, retrain width).",
-    schema=SCHEMA, check=check_config, run=run)
+    schema=SCHEMA, check=check_config, run=run, plot=_plot)

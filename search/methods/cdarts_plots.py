@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Sequence
 
-from ...genotype import PRIMITIVES, genotype_from_data
+from nas_zoo.genotype import PRIMITIVES, genotype_from_data
 
 OP_COLOURS = {"max_pool_3x3": "#4c72b0", "avg_pool_3x3": "#55a868", "skip_connect": "#c44e52",
               "sep_conv_3x3": "#8172b2", "sep_conv_5x5": "#ccb974", "dil_conv_3x3": "#64b5cd",

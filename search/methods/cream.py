@@ -433,4 +433,4 @@ METHOD = Method(
     name="cream", help="Cream: prioritized paths and meta-matching distillation (docs/cream.md)",
     description="Run Cream end to end: depth from the FLOPs interval, supernet training with the prioritized "
                 "board and the meta-matching update, held-out selection, export of RUN_DIR/entry.yaml.",
-    schema=SCHEMA, check=check_config, run=run)
+    schema=SCHEMA, check=check_config, run=run, plot=plot_board)

@@ -499,7 +499,7 @@ def finish(cfg, space: DenseNASSpace, net: DenseSupernet, arch: DenseArchParams,
            run_dir: Path, ctx: DistContext, state: _SearchState, source: str) -> Dict[str, Any]:
     """Derivation (Viterbi, or the most probable path under the ceiling), BN statistics of the path, held-out score,
     RUN_DIR/entry.yaml with the inherited weights, RUN_DIR/net_config in the official format."""
-    from ...entry import load_entry
+    from nas_zoo.entry import load_entry
     from ..data import DataConfig
 
     s = cfg["search"]
@@ -540,7 +540,7 @@ def finish(cfg, space: DenseNASSpace, net: DenseSupernet, arch: DenseArchParams,
     entry = load_entry(entry_data, source=str(run_dir / "entry.yaml"))
     # the child as the family builds it; what the supernet cannot give (a ResNet child's classifier: RES_Net has no
     # final conv1x1, so its classifier sees another width) keeps the child's own initialisation
-    from ...registry import create_from_entry
+    from nas_zoo.registry import create_from_entry
     torch.manual_seed(cfg["seed"])
     child = create_from_entry(load_entry({**entry_data, "pretrained": {}}), num_classes=num_classes)
     missing, unexpected = child.load_state_dict(child_state, strict=False)
@@ -588,8 +588,8 @@ def validation_report(space: DenseNASSpace, n: int, *, device: str = "cpu", batc
                       progress_fn=None) -> Dict[str, Any]:
     """N random architectures built by the zoo family and timed end to end, beside the table estimate (the
     chained estimate of a one-hot architecture): Pearson, Kendall tau, RMSE and the share within 10 %."""
-    from ...entry import load_entry
-    from ...registry import create_from_entry
+    from nas_zoo.entry import load_entry
+    from nas_zoo.registry import create_from_entry
     from ..cost import measure_latency
 
     rng = np.random.RandomState(seed)
@@ -719,7 +719,7 @@ def baseline_main(argv: Optional[Sequence[str]] = None) -> int:
     same cost, each trained from scratch with the same recipe; prints and writes RUN_DIR/baseline.json."""
     import argparse
 
-    from ...entry import load_entry
+    from nas_zoo.entry import load_entry
     from ..config import load_config, read_yaml
     from ..engine import setup_distributed
     from ..train import TRAIN_SCHEMA, run_training
@@ -793,7 +793,7 @@ def plot_search(run_dir: Path) -> Optional[Path]:
         print(f"  figures: not drawn ({type(e).__name__}: {e}); install matplotlib for search.png")
         return None
     try:
-        from ...entry import load_entry
+        from nas_zoo.entry import load_entry
         from ..config import read_yaml
         cfg = read_yaml(run_dir / "resolved.yaml")
         history = json.loads((run_dir / "history.json").read_text())
@@ -852,4 +852,4 @@ METHOD = Method(name="densenas", help="DenseNAS: dense super network, chained co
                 description="Warm-up weight passes, then per epoch an architecture pass on the held-out split and "
                             "a weight pass; Viterbi derivation (or the best path under search.ceiling); "
                             "RUN_DIR/entry.yaml and RUN_DIR/net_config (official format).",
-                schema=SCHEMA, check=check_config, run=run, commands=COMMANDS)
+                schema=SCHEMA, check=check_config, run=run, commands=COMMANDS, plot=plot_search)

@@ -552,6 +552,11 @@ def run(job) -> Dict[str, Any]:
     return result
 
 
+def _plot(run_dir):
+    from ..plots import plot_dna
+    return plot_dna(run_dir)
+
+
 def _select_command(argv) -> int:
     from . import dna_select
     return dna_select.main(argv)
@@ -561,4 +566,4 @@ METHOD = Method(
     name="dna", help="DNA: block-wise distillation search (or `dna select ...`: selection only)",
     description="Run DNA end to end: teacher, supernet distillation per stage, architecture potentials, constrained "
                 "selection, export of RUN_DIR/entry.yaml.",
-    schema=SCHEMA, check=check_config, run=run, commands={"select": _select_command})
+    schema=SCHEMA, check=check_config, run=run, commands={"select": _select_command}, plot=_plot)

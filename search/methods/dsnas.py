@@ -384,5 +384,10 @@ def top1(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(-1) == target).float().mean() * 100
 
 
+def _plot(run_dir):
+    from ..plots import plot_dsnas
+    return plot_dsnas(run_dir)
+
+
 METHOD = Method(name="dsnas", help="DSNAS: search and train the chosen child in one run (ShuffleNetV2 space)",
-                schema=SCHEMA, check=check_config, run=run)
+                schema=SCHEMA, check=check_config, run=run, plot=_plot)

@@ -258,5 +258,10 @@ def run(job) -> Dict[str, Any]:
             "summary": summary}
 
 
+def _plot(run_dir):
+    from ..plots import plot_spos
+    return plot_spos(run_dir)
+
+
 METHOD = Method(name="spos", help="SPOS: uniform single-path supernet, then evolutionary search", schema=SCHEMA,
-                check=check_config, run=run)
+                check=check_config, run=run, plot=_plot)
