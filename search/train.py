@@ -40,6 +40,10 @@ TRAIN_SECTION = {
     "drop_rate": Opt((float, type(None)), None, low=0, high=1),
     "drop_path_rate": Opt((float, type(None)), None, low=0, high=1),
     "eval_every": Opt(int, 1, low=1),
+    "aux_weight": Opt(float, 0.0, low=0, help="weight of the auxiliary head's loss (DARTS-cell models: 0.4); "
+                                               "0: no auxiliary head"),
+    "drop_path_schedule": Opt(str, "constant", choices=("constant", "linear"),
+                              help="linear: drop path grows from 0 to drop_path_rate over the epochs (DARTS)"),
 }
 
 ENGINE_SECTION = {
@@ -123,7 +127,10 @@ def train_classifier(model: nn.Module, train_cfg: dict, engine_cfg: dict, data_c
         images, targets = batch_[0].to(ctx.device), batch_[1].to(ctx.device)
         if mixup is not None:
             images, targets = mixup(images, targets)
-        return criterion(ddp_model(images), targets)
+        out = ddp_model(images)
+        if isinstance(out, tuple):  # (logits, aux_logits): a model built with its auxiliary head
+            return criterion(out[0], targets) + train_cfg["aux_weight"] * criterion(out[1], targets)
+        return criterion(out, targets)
 
     def after_step(_step: int) -> None:
         if ema is not None:
@@ -145,6 +152,10 @@ def train_classifier(model: nn.Module, train_cfg: dict, engine_cfg: dict, data_c
                      state={"ema": ema} if ema is not None else {}, amp=engine_cfg["amp"],
                      clip_grad=train_cfg["clip_grad"], ckpt_every=engine_cfg["ckpt_every"], logger=logger, desc=desc,
                      eval_fn=eval_fn, eval_every=train_cfg["eval_every"], after_step=after_step)
+    rate = train_cfg.get("drop_path_rate")
+    if train_cfg.get("drop_path_schedule") == "linear" and rate and hasattr(model, "set_drop_path_rate"):
+        # DARTS: drop_path_prob * epoch / epochs, set at every epoch start
+        loop.on_epoch_start = lambda lp, epoch: model.set_drop_path_rate(rate * epoch / train_cfg["epochs"])
     history = loop.run()
     final = dict(history[-1]) if history else {}
     if not final or "val_top1" not in final:
@@ -201,7 +212,15 @@ def run_training(model_spec: str, cfg: dict, run_dir: Path, ctx: DistContext) ->
     num_classes = build_dataset(data_cfg, "train").num_classes
     seed_everything(cfg["seed"])  # same initial weights in every process
     kwargs = {k: cfg["train"][k] for k in ("drop_rate", "drop_path_rate") if cfg["train"][k] is not None}
-    model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    if cfg["train"]["aux_weight"] > 0:
+        kwargs["auxiliary"] = True  # DARTS-cell models: their auxiliary classifier, trained with aux_weight
+    try:
+        model = timm.create_model(name, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        if "auxiliary" not in kwargs:
+            raise
+        from .config import ConfigError
+        raise ConfigError("<config>", "train.aux_weight", f"{name} has no auxiliary head ({e}); set it to 0") from None
     seed_everything(cfg["seed"] + ctx.rank)
     final = train_classifier(model, cfg["train"], cfg["engine"], data_cfg, ctx, run_dir, seed=cfg["seed"],
                              desc=f"train {name}")

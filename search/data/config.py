@@ -76,6 +76,7 @@ class DataConfig:
     re_prob: float = 0.0
     re_mode: str = "pixel"
     re_count: int = 1
+    cutout: int = 0
     augment: bool = True
     verify: bool = True
 
@@ -161,7 +162,8 @@ def _resolve(d: dict[str, Any], where: str) -> dict[str, Any]:
             _check_int(where, "classes", classes, 1)
         elif not classes:
             raise DataError(f"{where}.classes: expected a class-list file or a number of classes, got ''")
-    for key, minimum in (("image_size", 1), ("num_train", 1), ("num_val", 1), ("crop_padding", 0), ("re_count", 1)):
+    for key, minimum in (("image_size", 1), ("num_train", 1), ("num_val", 1), ("crop_padding", 0), ("re_count", 1),
+                         ("cutout", 0)):
         if d.get(key) is not None:
             _check_int(where, key, d[key], minimum)
     if "seed" in d:

@@ -29,14 +29,38 @@ def build_transform(cfg: DataConfig, train: bool) -> Callable:
                   color_jitter=cfg.color_jitter or None, auto_augment=cfg.auto_augment, re_prob=cfg.re_prob,
                   re_mode=cfg.re_mode, re_count=cfg.re_count)
     if cfg.train_crop == "rrc":
-        return create_transform(is_training=True, **kwargs)
+        made = create_transform(is_training=True, **kwargs)
+        return transforms.Compose([made, Cutout(cfg.cutout)]) if cfg.cutout else made
     primary, secondary, final = create_transform(is_training=True, separate=True, **kwargs)
     crop = [] if _native_size(cfg) else [
         transforms.Resize(cfg.image_size, interpolation=str_to_interp_mode(fixed_interpolation)),
         transforms.CenterCrop(cfg.image_size)]
     crop.append(transforms.RandomCrop(cfg.image_size, padding=cfg.crop_padding))
     flips = [t for t in primary.transforms if not isinstance(t, RandomResizedCropAndInterpolation)]
-    return transforms.Compose([*crop, *flips, *secondary.transforms, *final.transforms])
+    cutout = [Cutout(cfg.cutout)] if cfg.cutout else []
+    return transforms.Compose([*crop, *flips, *secondary.transforms, *final.transforms, *cutout])
+
+
+class Cutout:
+    """DARTS' cutout (DeVries & Taylor 2017): one length x length square, centred at a uniformly random pixel and
+    clipped at the border, set to zero after normalisation. Written here because torchvision's RandomErasing draws
+    area and aspect instead (a different augmentation); the position comes from torch's RNG, which
+    TransformedDataset seeds per (seed, epoch, index)."""
+
+    def __init__(self, length: int):
+        self.length = int(length)
+
+    def __call__(self, img):
+        import torch
+        h, w = img.shape[-2:]
+        y, x = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        half = self.length // 2
+        img = img.clone()
+        img[..., max(0, y - half):min(h, y + half), max(0, x - half):min(w, x + half)] = 0
+        return img
+
+    def __repr__(self) -> str:
+        return f"Cutout(length={self.length})"
 
 
 def _native_size(cfg: DataConfig) -> bool:
