@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget "5 MMACs"   # cost-macs.json
   nas-zoo-search train runs/dna_demo/entry.yaml --config configs/search/train_demo.yaml
   nas-zoo-search resume runs/dna_demo
+  nas-zoo-search latency-table --space mbv2 --device cpu --out lat.txt   # = densenas latency-table
   nas-zoo-search compare runs/cream_demo --config configs/search/train_demo.yaml   # found vs 3 same-cost random
   nas-zoo-search plot runs/dna_demo                  # search.png (also written at the end of every run)
 """
@@ -232,6 +233,8 @@ def _threads(cfg: dict) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["latency-table"]:  # DenseNAS' latency lookup tables, also as a top-level command
+        argv = ["densenas"] + argv
     if len(argv) >= 2:
         from .methods import methods
         method = methods().get(argv[0])

@@ -138,6 +138,8 @@ def test_latency_table_command_and_report(tmp_path):
     assert "\n" not in text and text.startswith("[") and len(eval_free(text)) == 4
     report = json.loads((tmp_path / "lat_validation.json").read_text())
     assert report["n"] == 4 and -1 <= report["pearson"] <= 1 and "Kendall tau" in out.stdout
+    top = cli("latency-table", "--help")  # the top-level name of the same command
+    assert top.returncode == 0 and "densenas latency-table" in top.stdout
 
 
 def eval_free(text):
