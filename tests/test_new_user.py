@@ -219,7 +219,7 @@ def seeded_cache(tmp_path, monkeypatch, name="cream_14"):
     from huggingface_hub import constants
 
     from hf_cache import seed_hf_cache
-    from nas_zoo.export import convert_checkpoint
+    from nas_zoo.hub import convert_checkpoint
     from reference import write_official_checkpoint
     cache = tmp_path / "hf-cache"
     cache.mkdir()
