@@ -42,6 +42,8 @@ SCHEMA = {
     "space": {
         "flops": Opt(list, [0, 600], help="[min, max] MMACs of the found model at space.image_size"),
         "image_size": Opt((int, type(None)), None, help="resolution the costs are counted at (None: data.image_size)"),
+        "strides": Opt(list, list(cs.STRIDES), help="first stride of each of the 5 searched stages (official 2/2/2/1/2)"),
+        "se": Opt(bool, True, help="SE 0.25 in every block (official); false for small-image demos"),
     },
     "search": {
         "epochs": Opt(int, 120),
@@ -110,7 +112,11 @@ def plan_space(cfg: dict, num_classes: int, source: str = "<config>") -> Dict[st
     size = _image_size(cfg)
     if size < 32 or size % 32:
         raise ConfigError(source, "space.image_size", f"expected a multiple of 32 (the space's total stride), got {size}")
-    full = cs.space_flops_table(cs.cream_space(cs.layer_counts([4] * 5), size), size, num_classes)
+    strides = cfg["space"]["strides"]
+    if not (isinstance(strides, list) and len(strides) == 5 and all(v in (1, 2) for v in strides)):
+        raise ConfigError(source, "space.strides", f"expected 5 strides, each 1 or 2, got {strides!r}")
+    shape = dict(strides=strides, se=cfg["space"]["se"])
+    full = cs.space_flops_table(cs.cream_space(cs.layer_counts([4] * 5), size, **shape), size, num_classes)
     sta_num, _, resolution = cs.search_for_layer(cs.official_flops_table(full["flops_dict"]), flops[0], flops[1],
                                                  image_size=size)
     if sta_num is None:
@@ -122,10 +128,10 @@ def plan_space(cfg: dict, num_classes: int, source: str = "<config>") -> Dict[st
     layers = list(sta_num) if cfg["official"]["dead_c80_block"] else cs.layer_counts(sta_num)
     train_size = size if cfg["official"]["train_at_config_size"] else resolution
     space = cs.cream_space(layers, train_size, drop_rate=cfg["export"]["drop_rate"],
-                           drop_path_rate=cfg["export"]["drop_path_rate"])
+                           drop_path_rate=cfg["export"]["drop_path_rate"], **shape)
     tables = cs.space_flops_table(space, train_size, num_classes)  # costs where the found model is trained
     return {"space": space, "tables": tables, "sta_num": sta_num, "layers": layers, "resolution": resolution,
-            "train_size": train_size, "flops": [float(flops[0]), float(flops[1])]}
+            "train_size": train_size, "flops": [float(flops[0]), float(flops[1])], **shape}
 
 
 def check_config(cfg: dict, source: str) -> None:
