@@ -24,6 +24,8 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--tolerance", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-channels", type=int, default=None,
+                    help="train every genotype (found and random) at this width instead of the entry's (CPU time)")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     found = load_entry(run_dir / "entry.yaml")
@@ -32,10 +34,16 @@ def main(argv=None):
 
     classes = cfg["data"].get("classes")
     num_classes = classes if isinstance(classes, int) else 10
+    if args.init_channels:
+        found.arch["init_channels"] = args.init_channels
+        data = {"name": found.name, "family": "darts_cell", "arch": found.arch, "description": found.description}
+        (run_dir / "baseline").mkdir(parents=True, exist_ok=True)
+        load_entry(data).save(run_dir / "baseline" / "found.yaml")
+    found_path = run_dir / "baseline" / "found.yaml" if args.init_channels else run_dir / "entry.yaml"
     layout = "cifar" if found.arch["stem"] == "cifar" else "imagenet"
     space = DartsCellSpace(layout, num_classes=num_classes, **{k: v for k, v in found.arch.items() if k != "genotype"})
     rng = np.random.RandomState(args.seed)
-    entries = [("found", run_dir / "entry.yaml")]
+    entries = [("found", found_path)]
     for k, genotype in enumerate(same_cost_archs(space, found.arch["genotype"], n=args.n, rng=rng, metric="params",
                                                  tolerance=args.tolerance), start=1):
         data = {"name": f"{found.name}_random{k}", "family": "darts_cell", "arch": space.entry_arch(genotype),

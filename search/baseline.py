@@ -10,7 +10,7 @@ from typing import Any, List
 
 import numpy as np
 
-__all__ = ["same_cost_archs"]
+__all__ = ["same_cost_archs", "write_baselines"]
 
 
 def same_cost_archs(space, arch: Any, n: int = 3, rng: np.random.RandomState | None = None, metric: str = "macs",
@@ -33,3 +33,24 @@ def same_cost_archs(space, arch: Any, n: int = 3, rng: np.random.RandomState | N
         if tol > 1.0 and len(found) < n:
             raise ValueError(f"the space has fewer than {n} other architectures near the cost {target:g}")
     return found
+
+
+def write_baselines(job, space, arch: Any, n: int = 3, metric: str = "macs", tolerance: float = 0.05,
+                    seed: int | None = None, **cost_kw) -> List[Any]:
+    """Write `n` same-cost random architectures as entries `RUN_DIR/baselines/random<i>.yaml` (named
+    `<name>_random<i>`), for `nas-zoo-search compare RUN_DIR` to train beside the found one. Returns their paths."""
+    from pathlib import Path
+
+    from .export import write_entry
+    rng = np.random.RandomState(job.cfg.get("seed", 0) if seed is None else seed)
+    archs = same_cost_archs(space, arch, n=n, rng=rng, metric=metric, tolerance=tolerance, **cost_kw)
+    paths = []
+    for i, cand in enumerate(archs):
+        paths.append(write_entry(job, space, cand, name=f"{job.cfg['name']}_random{i}",
+                                 path=Path(job.run_dir) / "baselines" / f"random{i}.yaml",
+                                 description=f"A random architecture of the space of {job.cfg['name']} at its cost "
+                                             f"(the baseline of the search).",
+                                 provenance={"baseline": {"of": job.cfg["name"], "metric": metric,
+                                                          "cost": space.cost(cand, metric, **cost_kw),
+                                                          "found_cost": space.cost(arch, metric, **cost_kw)}}))
+    return paths

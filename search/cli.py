@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   nas-zoo-search dna select runs/dna_demo/potentials/potential-*.yaml --budget "5 MMACs"   # cost-macs.json
   nas-zoo-search train runs/dna_demo/entry.yaml --config configs/search/train_demo.yaml
   nas-zoo-search resume runs/dna_demo
+  nas-zoo-search compare runs/cream_demo --config configs/search/train_demo.yaml   # found vs 3 same-cost random
   nas-zoo-search plot runs/dna_demo                  # search.png (also written at the end of every run)
 """
 
@@ -53,6 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an entry YAML, a run directory holding entry.yaml, or a registered model name")
     p.add_argument("--config", required=True, help="YAML config (see configs/search/train_*.yaml)")
     p.add_argument("--out", help="run directory (default: runs/train-<model>); an existing one is resumed")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
+
+    p = sub.add_parser("compare", help="train a search's entry and its same-cost random baselines, same recipe",
+                       description="Train RUN_DIR/entry.yaml and every RUN_DIR/baselines/*.yaml (random architectures "
+                                   "of the same space at the found one's cost, written by the search) from scratch "
+                                   "with the config's recipe; print found vs each random and their mean, write "
+                                   "RUN_DIR/compare/compare.json (+ compare.png). Resumable like every run.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--config", required=True, help="training config (see configs/search/train_*.yaml)")
+    p.add_argument("--out", help="where the trainings go (default: RUN_DIR/compare)")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
     p = sub.add_parser("resume", help="continue a run from its last checkpoints",
@@ -164,6 +175,41 @@ def run_train_command(model: str, config, out: Optional[str], overrides: List[st
     return result
 
 
+def compare_command(run_dir: str, config, out: Optional[str], overrides: List[str]) -> dict:
+    """Train the found entry and its baselines with one recipe; the honest comparison of a search."""
+    from .config import ConfigError
+    from .engine import DistContext
+    run_dir = Path(run_dir)
+    found = run_dir / "entry.yaml"
+    baselines = sorted((run_dir / "baselines").glob("*.yaml"))
+    if not found.is_file():
+        raise ConfigError(str(run_dir), "entry.yaml", "not a finished search (no entry.yaml)")
+    if not baselines:
+        raise ConfigError(str(run_dir), "baselines", "the search wrote no baseline entries (baselines/*.yaml)")
+    out_dir = Path(out or run_dir / "compare")
+    rows = []
+    for label, entry in [("found", found)] + [("random", b) for b in baselines]:
+        metrics = run_train_command(str(entry), config, str(out_dir / entry.stem if label == "random"
+                                                            else out_dir / "found"), list(overrides))
+        rows.append({"label": label, "entry": str(entry), "model": metrics["model"], "top1": metrics["val_top1"],
+                     "top1_ema": metrics.get("val_ema_top1")})
+    randoms = [r["top1"] for r in rows if r["label"] == "random"]
+    result = {"found": rows[0], "random": rows[1:], "random_mean_top1": sum(randoms) / len(randoms)}
+    if DistContext().is_main:
+        from nas_zoo.io import atomic_write_text
+        atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=1))
+        print(f"\n{'model':<36}{'top-1':>9}")
+        for r in rows:
+            print(f"{r['model'] + ' (' + r['label'] + ')':<36}{r['top1']:>8.1f}%")
+        print(f"{'random mean (n=' + str(len(randoms)) + ')':<36}{result['random_mean_top1']:>8.1f}%")
+        from .plots import have_matplotlib, plot_comparison
+        if have_matplotlib():
+            runs = {f"{r['model']} ({r['label']})": out_dir / (Path(r["entry"]).stem if r["label"] == "random"
+                                                                else "found") for r in rows}
+            print(f"figure: {plot_comparison(runs, out_dir / 'compare.png', title=str(run_dir))}")
+    return result
+
+
 def resume(run_dir: str) -> dict:
     from .config import ConfigError
     run_dir = Path(run_dir)
@@ -213,6 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise RunError(str(e)) from None
         elif args.command == "resume":
             resume(args.run_dir)
+        elif args.command == "compare":
+            compare_command(args.run_dir, args.config, args.out, args.overrides)
         else:
             run_method_command(args.command, args.config, args.out, args.overrides)
         return 0

@@ -15,6 +15,7 @@ import torch.nn as nn
 import nas_zoo
 from nas_zoo.families.darts_cell import DartsCellNet
 from nas_zoo.search.config import ConfigError, load_config
+from nas_zoo.search.engine import DistContext
 from nas_zoo.search.methods import cdarts
 from nas_zoo.search.spaces.darts import Alphas, CdartsNetwork, MixedOp, PRIMITIVES, random_genotype
 
@@ -106,7 +107,7 @@ def test_config_errors_name_the_field(tmp_path, key, value, match):
 def test_class_stratified_split(tmp_path):
     cfg, source = _load(tiny_cdarts_config(), tmp_path)
     from nas_zoo.search.methods import Job
-    run = cdarts._Run(Job(method=cdarts.METHOD, cfg=cfg, run_dir=tmp_path / "run", ctx=cdarts.DistContext(),
+    run = cdarts._Run(Job(method=cdarts.METHOD, cfg=cfg, run_dir=tmp_path / "run", ctx=DistContext(),
                           source=source))
     a = np.bincount([int(run.train_ds[i][1]) for i in range(len(run.train_ds))], minlength=4)
     b = np.bincount([int(run.held_ds[i][1]) for i in range(len(run.held_ds))], minlength=4)

@@ -50,6 +50,19 @@ def test_a_sixth_method_runs_resumes_and_writes_a_timm_model(tmp_path):
     a, b = (load_file(tmp_path / d / "child.safetensors") for d in ("full", "killed"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # the honest baseline: the found entry and its same-cost random ones trained with one recipe
+    train = write_config({"data": {"kind": "embedded", "image_size": 32, "num_train": 64, "num_val": 32, "classes": 2},
+                          "train": {"epochs": 1, "batch_size": 32}, "engine": {"device": "cpu", "tensorboard": False}},
+                         tmp_path / "train.yaml")
+    compared = _cli("compare", tmp_path / "full", "--config", train)
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    result = json.loads((tmp_path / "full" / "compare" / "compare.json").read_text())
+    assert [r["model"] for r in result["random"]] == ["toy_found_random0", "toy_found_random1"]
+    assert result["random_mean_top1"] == pytest.approx(sum(r["top1"] for r in result["random"]) / 2)
+    assert "random mean (n=2)" in compared.stdout and "toy_found (found)" in compared.stdout
+    baseline = yaml.safe_load((tmp_path / "full" / "baselines" / "random0.yaml").read_text())
+    assert baseline["arch"] != entries[0]["arch"] and baseline["provenance"]["baseline"]["of"] == "toy_found"
+
     import timm
     import nas_zoo
     name = nas_zoo.register_entry(tmp_path / "full" / "entry.yaml", replace=True)

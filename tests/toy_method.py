@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas_zoo.search.baseline import write_baselines
 from nas_zoo.search.config import Opt
 from nas_zoo.search.data import DataConfig, build_dataset, create_loader
 from nas_zoo.search.engine import Loop, Phase
@@ -50,6 +51,7 @@ def run(job):
         scored.append((evaluate(lambda x: net(x, arch), create_loader(val, data, 64, False), ctx)["top1"], arch))
     top1, best = max(scored, key=lambda t: t[0])
     entry = write_entry(job, space, best, supernet_state=net.state_dict(), provenance={"score": top1})
+    write_baselines(job, space, best, n=2, metric="macs", num_classes=train.num_classes)  # for `compare`
     return {"status": "done", "name": cfg["name"], "entry": str(entry), "arch": best,
             "summary": f"toy: {cfg['name']} {best} held-out top-1 {top1:.1f}%\n  entry: {entry}"}
 

@@ -14,21 +14,19 @@ batch (their order depends only on (seed, epoch)). A run killed anywhere gives t
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...io import atomic_write_text
 from ..config import ConfigError, Opt
-from ..engine import DistContext, Loop, Phase, all_reduce_grads, save_checkpoint, seed_everything
+from ..engine import Loop, Phase, all_reduce_grads, save_checkpoint, seed_everything
 from ..spaces.darts import (INTERACTIVE_TYPES, LAYOUTS, Alphas, CdartsNetwork, DartsCellSpace, derive_genotype,
                             regulariser_decay)
 from ..train import ENGINE_SECTION
