@@ -180,6 +180,11 @@ def test_cli_run_writes_an_entry_timm_builds_with_inherited_weights(tmp_path):
     assert all({"arch", "cost_mmacs", "score", "inside"} <= set(r) for r in board["paths"])
     base = board["baseline_same_cost"]
     assert len(base["scores"]) == 3 and best_arch_not_in(base["archs"], entry)
+    # the same random paths as entries for `compare`, at the found path's cost
+    randoms = [yaml.safe_load((run / "baselines" / f"random{i}.yaml").read_text()) for i in range(3)]
+    assert [r["provenance"]["arch"] for r in randoms] == base["archs"]
+    found_cost = randoms[0]["provenance"]["baseline"]["found_cost"]
+    assert all(abs(r["provenance"]["baseline"]["cost"] - found_cost) <= 0.05 * found_cost for r in randoms)
     inside = [r for r in board["paths"] if r["inside"]] or board["paths"]
     best = max(inside, key=lambda r: (r["score"], -r["cost_mmacs"]))
     assert entry["provenance"]["arch_list"] == [[0]] + best["arch"] + [[0]]

@@ -79,7 +79,8 @@ SCHEMA = {
         "batch_size": Opt(int, 64),
         "eval_batches": Opt((int, type(None)), None, help="held-out batches per path in the per-epoch scoring (None: all; the final selection uses all)"),
         "every_epoch": Opt(bool, True, help="also score the board at every epoch end (for the figure)"),
-        "baseline": Opt(int, 3, help="random paths of the found path's cost scored beside it (0: none)"),
+        "baseline": Opt(int, 3, help="random paths of the found path's cost scored beside it with inherited weights and "
+                                       "written as RUN_DIR/baselines/random<i>.yaml for `compare` (0: none)"),
     },
     "export": {"drop_rate": Opt(float, 0.2), "drop_path_rate": Opt(float, 0.0)},
     "engine": ENGINE_SECTION,
@@ -390,6 +391,10 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
                         provenance={"arch_list": [[0]] + arch + [[0]], "cost_mmacs": best["cost_mmacs"],
                                     "heldout_top1": best["score"], "candidates": source, "sta_num": plan["sta_num"],
                                     "resolution": size, "num_classes": num_classes})
+    if cfg["select"]["baseline"] and baseline:  # the same random paths as entries, for `nas-zoo-search compare`
+        from ..baseline import write_baselines
+        write_baselines(job, space, arch, n=len(baseline["archs"]), metric="macs", seed=cfg["seed"], image_size=size,
+                        num_classes=num_classes)
     if ctx.is_main:
         (run_dir / "board.json").write_text(json.dumps({"selected": best, "candidates": source, "paths": rows,
                                                         "baseline_same_cost": baseline,
