@@ -110,6 +110,39 @@ def test_shipped_configs_pass_the_checks_and_plan_their_depths(name, sta_num, la
     assert plan["train_size"] == cfg["data"]["image_size"]
 
 
+def test_demo_space_has_no_se_total_stride_8_and_same_cost_baselines():
+    """The demo's space (sized for 32 px): its entries build with no SE module and 4x4 final maps, and the random
+    baselines cost what the found path costs (the paper config keeps the official SE blocks and strides)."""
+    from timm.layers import SqueezeExcite
+    from timm.models._efficientnet_blocks import SqueezeExcite as BlockSE
+
+    from nas_zoo.entry import load_entry
+    from nas_zoo.families.efficientnet import FAMILY
+    from nas_zoo.search.baseline import same_cost_archs
+    from nas_zoo.search.config import load_config
+
+    cfg, source = load_config(REPO / "configs" / "search" / "cream_demo.yaml", cream_method.SCHEMA, [])
+    plan = cream_method.plan_space(cfg, 4, source)
+    space = plan["space"]
+    assert plan["strides"] == [2, 2, 1, 1, 1] and plan["se"] is False
+    arch = cs.sample_path(np.random.RandomState(0), space.depths)
+    entry = load_entry({"name": "cream_demo_probe", "family": "efficientnet", "arch": space.entry_arch(arch)},
+                       source="<test>")
+    child = FAMILY.build(entry, num_classes=4).eval()
+    assert not any(isinstance(m, (SqueezeExcite, BlockSE)) for m in child.modules())
+    with torch.no_grad():
+        assert child.forward_features(torch.randn(1, 3, 32, 32)).shape[-2:] == (4, 4)
+        assert child(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    target = space.cost(arch, "macs")
+    rand = same_cost_archs(space, arch, n=3, rng=np.random.RandomState(1))
+    assert len(rand) == 3 and arch not in rand
+    assert all(abs(space.cost(a, "macs") - target) <= 0.05 * target for a in rand)
+
+    paper, psource = load_config(REPO / "configs" / "search" / "cream_imagenet.yaml", cream_method.SCHEMA, [])
+    pspace = cream_method.plan_space(paper, 1000, psource)["space"]
+    assert [st for _, st, _ in pspace.stages] == list(cs.STRIDES) and pspace.ops == cs.OPS
+
+
 def test_linear_decay_is_a_function_of_the_step():
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([{"params": [p], "lr": 1.0}, {"params": [], "lr": 1e-4}], lr=1.0)
@@ -147,6 +180,11 @@ def test_cli_run_writes_an_entry_timm_builds_with_inherited_weights(tmp_path):
     assert all({"arch", "cost_mmacs", "score", "inside"} <= set(r) for r in board["paths"])
     base = board["baseline_same_cost"]
     assert len(base["scores"]) == 3 and best_arch_not_in(base["archs"], entry)
+    # the same random paths as entries for `compare`, at the found path's cost
+    randoms = [yaml.safe_load((run / "baselines" / f"random{i}.yaml").read_text()) for i in range(3)]
+    assert [r["provenance"]["arch"] for r in randoms] == base["archs"]
+    found_cost = randoms[0]["provenance"]["baseline"]["found_cost"]
+    assert all(abs(r["provenance"]["baseline"]["cost"] - found_cost) <= 0.05 * found_cost for r in randoms)
     inside = [r for r in board["paths"] if r["inside"]] or board["paths"]
     best = max(inside, key=lambda r: (r["score"], -r["cost_mmacs"]))
     assert entry["provenance"]["arch_list"] == [[0]] + best["arch"] + [[0]]

@@ -42,6 +42,8 @@ SCHEMA = {
     "space": {
         "flops": Opt(list, [0, 600], help="[min, max] MMACs of the found model at space.image_size"),
         "image_size": Opt((int, type(None)), None, help="resolution the costs are counted at (None: data.image_size)"),
+        "strides": Opt(list, list(cs.STRIDES), help="first stride of each of the 5 searched stages (official 2/2/2/1/2)"),
+        "se": Opt(bool, True, help="SE 0.25 in every block (official); false for small-image demos"),
     },
     "search": {
         "epochs": Opt(int, 120),
@@ -77,7 +79,8 @@ SCHEMA = {
         "batch_size": Opt(int, 64),
         "eval_batches": Opt((int, type(None)), None, help="held-out batches per path in the per-epoch scoring (None: all; the final selection uses all)"),
         "every_epoch": Opt(bool, True, help="also score the board at every epoch end (for the figure)"),
-        "baseline": Opt(int, 3, help="random paths of the found path's cost scored beside it (0: none)"),
+        "baseline": Opt(int, 3, help="random paths of the found path's cost scored beside it with inherited weights and "
+                                       "written as RUN_DIR/baselines/random<i>.yaml for `compare` (0: none)"),
     },
     "export": {"drop_rate": Opt(float, 0.2), "drop_path_rate": Opt(float, 0.0)},
     "engine": ENGINE_SECTION,
@@ -110,7 +113,11 @@ def plan_space(cfg: dict, num_classes: int, source: str = "<config>") -> Dict[st
     size = _image_size(cfg)
     if size < 32 or size % 32:
         raise ConfigError(source, "space.image_size", f"expected a multiple of 32 (the space's total stride), got {size}")
-    full = cs.space_flops_table(cs.cream_space(cs.layer_counts([4] * 5), size), size, num_classes)
+    strides = cfg["space"]["strides"]
+    if not (isinstance(strides, list) and len(strides) == 5 and all(v in (1, 2) for v in strides)):
+        raise ConfigError(source, "space.strides", f"expected 5 strides, each 1 or 2, got {strides!r}")
+    shape = dict(strides=strides, se=cfg["space"]["se"])
+    full = cs.space_flops_table(cs.cream_space(cs.layer_counts([4] * 5), size, **shape), size, num_classes)
     sta_num, _, resolution = cs.search_for_layer(cs.official_flops_table(full["flops_dict"]), flops[0], flops[1],
                                                  image_size=size)
     if sta_num is None:
@@ -122,10 +129,10 @@ def plan_space(cfg: dict, num_classes: int, source: str = "<config>") -> Dict[st
     layers = list(sta_num) if cfg["official"]["dead_c80_block"] else cs.layer_counts(sta_num)
     train_size = size if cfg["official"]["train_at_config_size"] else resolution
     space = cs.cream_space(layers, train_size, drop_rate=cfg["export"]["drop_rate"],
-                           drop_path_rate=cfg["export"]["drop_path_rate"])
+                           drop_path_rate=cfg["export"]["drop_path_rate"], **shape)
     tables = cs.space_flops_table(space, train_size, num_classes)  # costs where the found model is trained
     return {"space": space, "tables": tables, "sta_num": sta_num, "layers": layers, "resolution": resolution,
-            "train_size": train_size, "flops": [float(flops[0]), float(flops[1])]}
+            "train_size": train_size, "flops": [float(flops[0]), float(flops[1])], **shape}
 
 
 def check_config(cfg: dict, source: str) -> None:
@@ -384,6 +391,10 @@ def select_and_export(cfg, plan, supernet, board, bn_batches, score_loader, run_
                         provenance={"arch_list": [[0]] + arch + [[0]], "cost_mmacs": best["cost_mmacs"],
                                     "heldout_top1": best["score"], "candidates": source, "sta_num": plan["sta_num"],
                                     "resolution": size, "num_classes": num_classes})
+    if cfg["select"]["baseline"] and baseline:  # the same random paths as entries, for `nas-zoo-search compare`
+        from ..baseline import write_baselines
+        write_baselines(job, space, arch, n=len(baseline["archs"]), metric="macs", seed=cfg["seed"], image_size=size,
+                        num_classes=num_classes)
     if ctx.is_main:
         (run_dir / "board.json").write_text(json.dumps({"selected": best, "candidates": source, "paths": rows,
                                                         "baseline_same_cost": baseline,

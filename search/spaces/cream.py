@@ -163,15 +163,20 @@ def sample_path(rng: np.random.RandomState, depths: Sequence[int], prob: Optiona
 
 
 def cream_space(layers: Sequence[int] = (4, 4, 5, 4, 4), image_size: int = 224, drop_rate: float = 0.2,
-                drop_path_rate: float = 0.0, strides: Sequence[int] = STRIDES) -> MBConvChainSpace:
+                drop_path_rate: float = 0.0, strides: Sequence[int] = STRIDES, se: bool = True) -> MBConvChainSpace:
     """The Cream space with `layers` layers per searched stage, as an MBConv chain space. `strides` (first stride of
-    each searched stage) is the official 2/2/2/1/2 except for small-image demos."""
+    each searched stage) is the official 2/2/2/1/2 and `se` (SE 0.25 in every block) the official True, except for
+    small-image demos: at 32 px the official space ends on 1x1 maps and its SE blocks barely learn in a CPU demo's
+    few hundred steps (docs/cream.md)."""
+    def strip(block: str) -> str:
+        return block if se else block.replace("_se0.25", "")
+
     return MBConvChainSpace(
-        stages=[(w, int(st), int(n)) for w, st, n in zip(WIDTHS, strides, layers)], ops=OPS, stem_size=STEM_SIZE,
-        head_blocks=(STEM_BLOCK,), tail_blocks=(TAIL_BLOCK,), num_features=NUM_FEATURES,
-        act_layer=FAMILY_ARCH["act_layer"], model="mobilenetv3", bn_eps=FAMILY_ARCH["bn_eps"],
-        se_layer=dict(FAMILY_ARCH["se_layer"]), se_from_exp=True, head_bias=True, image_size=image_size,
-        drop_rate=drop_rate, drop_path_rate=drop_path_rate, name="cream")
+        stages=[(w, int(st), int(n)) for w, st, n in zip(WIDTHS, strides, layers)], ops=tuple(strip(o) for o in OPS),
+        stem_size=STEM_SIZE, head_blocks=(strip(STEM_BLOCK),), tail_blocks=(strip(TAIL_BLOCK),),
+        num_features=NUM_FEATURES, act_layer=FAMILY_ARCH["act_layer"], model="mobilenetv3", bn_eps=FAMILY_ARCH["bn_eps"],
+        se_layer=dict(FAMILY_ARCH["se_layer"]) if se else None, se_from_exp=True, head_bias=True,
+        image_size=image_size, drop_rate=drop_rate, drop_path_rate=drop_path_rate, name="cream")
 
 
 def space_flops_table(space: MBConvChainSpace, image_size: Optional[int] = None, num_classes: int = 1000) -> Dict:
