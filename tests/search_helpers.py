@@ -30,13 +30,7 @@ def tiny_dna_config(**changes) -> dict:
         "export": {"stem_size": 8, "num_features": 64, "drop_rate": 0.0, "drop_path_rate": 0.0},
         "engine": {"device": "cpu", "tensorboard": False},
     }
-    for key, value in changes.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return with_changes(cfg, changes)
 
 
 def write_config(cfg: dict, path: Path) -> Path:
@@ -52,3 +46,14 @@ def env() -> dict:
 def cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nas_zoo.search.cli", *map(str, args)], env=env(), cwd=REPO,
                           capture_output=True, text=True, **kwargs)
+
+
+def with_changes(cfg: dict, changes: dict) -> dict:
+    """`cfg` with dotted-key changes applied in place (`{"distill.epochs": 1}`); returns it."""
+    for key, value in changes.items():
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg

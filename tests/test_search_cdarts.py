@@ -19,7 +19,7 @@ from nas_zoo.search.engine import DistContext
 from nas_zoo.search.methods import cdarts
 from nas_zoo.search.spaces.darts import Alphas, CdartsNetwork, MixedOp, PRIMITIVES, random_genotype
 
-from search_helpers import REPO, cli, env, write_config
+from search_helpers import REPO, cli, env, write_config, with_changes
 
 
 def tiny_cdarts_config(**changes) -> dict:
@@ -33,13 +33,7 @@ def tiny_cdarts_config(**changes) -> dict:
         "export": {"init_channels": 8, "cells_per_stage": [1, 1, 1]},
         "engine": {"device": "cpu", "tensorboard": False, "ckpt_every": 1},
     }
-    for key, value in changes.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return with_changes(cfg, changes)
 
 
 def test_mixed_op_with_one_hot_weights_is_that_op():

@@ -15,7 +15,7 @@ import yaml
 from nas_zoo.search.methods import cream as cream_method
 from nas_zoo.search.methods import cream_core as cc
 from nas_zoo.search.spaces import cream as cs
-from tests.search_helpers import REPO, cli, env, write_config
+from search_helpers import REPO, cli, env, with_changes, write_config
 
 
 def tiny_cream_config(**changes) -> dict:
@@ -30,13 +30,7 @@ def tiny_cream_config(**changes) -> dict:
         "export": {"drop_rate": 0.0},
         "engine": {"device": "cpu", "tensorboard": False},
     }
-    for key, value in changes.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return with_changes(cfg, changes)
 
 
 def test_child_entry_gives_the_supernet_path_logits():

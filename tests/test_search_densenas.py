@@ -12,7 +12,7 @@ import yaml
 
 from nas_zoo.families.densenas import parse_net_config
 from nas_zoo.search.methods.densenas import kendall_tau, pearson
-from search_helpers import REPO, cli, env, write_config
+from search_helpers import REPO, cli, env, write_config, with_changes
 
 TINY_MBV2 = {
     "base": "mbv2", "chs": [8, 16, 16, 24, 24, 32], "fm_sizes": [16, 8, 8, 4, 4, 4],
@@ -35,13 +35,7 @@ def tiny_config(space=TINY_MBV2, **changes):
         "export": {"recalibrate_batches": 2},
         "engine": {"device": "cpu", "tensorboard": False},
     }
-    for key, value in changes.items():
-        node = cfg
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return cfg
+    return with_changes(cfg, changes)
 
 
 def _run(tmp_path, name, cfg, extra_env=None):
