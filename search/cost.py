@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -503,7 +504,7 @@ _UNITS = {  # unit -> (metric, factor to the metric's base unit: MACs, parameter
     "params": ("params", 1.0), "parameters": ("params", 1.0), "kparams": ("params", 1e3),
     "mparams": ("params", 1e6), "ms": ("latency", 1.0), "s": ("latency", 1e3), "us": ("latency", 1e-3),
 }
-_BUDGET_RE = __import__("re").compile(r"^\s*([0-9.eE+-]+)\s*([A-Za-z][A-Za-z ]*?)\s*$")
+_BUDGET_RE = re.compile(r"^\s*([0-9.eE+-]+)\s*([A-Za-z][A-Za-z ]*?)\s*$")
 
 
 def _unit_key(unit: str) -> str:

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -57,8 +56,7 @@ def test_two_stage_restore_rebuilds_the_network_from_method_state(tmp_path):
     loop.resume()
     assert loop.modules["net"][0].out_features == 6  # built from the restored state, then its weights loaded
     wrong = two_phase_loop(tmp_path / "a.pt")
-    wrong.phases = wrong.phases  # same phases, but another set of modules
-    wrong.build = lambda lp: None
+    wrong.build = lambda lp: None  # same phases, but the network is never built: another set of modules
     with pytest.raises(RunError, match="holds modules"):
         wrong.resume()
 

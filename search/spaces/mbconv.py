@@ -12,6 +12,7 @@ An architecture is a list per stage of op indices (one per layer), e.g. ``[[0, 3
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -173,7 +174,7 @@ class MBConvChainSpace(Space):
         template = self.entry_arch([[0] * d for d in self.depths])
         kw = model_kwargs(dict(template, drop_rate=0.0, drop_path_rate=0.0))
         cls = MobileNetV3 if self.model == "mobilenetv3" else EfficientNet
-        with torch.device(device) if device is not None else _nullcontext():
+        with torch.device(device) if device is not None else contextlib.nullcontext():
             net = cls(num_classes=num_classes, **kw)
         builder_arch = dict(template)
         first = self._first_searched_stage
@@ -272,14 +273,6 @@ def _in_chs(block: nn.Module) -> int:
         if isinstance(m, nn.Conv2d):
             return m.in_channels
     raise SpaceError("space", "", f"cannot find the input width of {type(block).__name__}")
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 register_space("mbconv", MBConvChainSpace)
