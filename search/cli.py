@@ -31,6 +31,7 @@ EXAMPLES = """examples:
   nas-zoo-search resume runs/dna_demo
   nas-zoo-search latency-table --space mbv2 --device cpu --out lat.txt   # = densenas latency-table
   nas-zoo-search compare runs/cream_demo --config configs/search/train_demo.yaml   # found vs 3 same-cost random
+  nas-zoo-search dsnas --config configs/search/dsnas_demo.yaml --compare configs/search/train_demo.yaml  # both
   nas-zoo-search plot runs/dna_demo                  # search.png (also written at the end of every run)
 """
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(method.name, help=method.help, description=(method.description or method.help) + extra)
         p.add_argument("--config", required=True, help=f"YAML config (see configs/search/{method.name}_*.yaml)")
         p.add_argument("--out", help="run directory (default: runs/<name>); an existing one is resumed")
+        p.add_argument("--compare", metavar="TRAIN_CONFIG",
+                       help="when the search is done, train its entry and its same-cost random baselines with this "
+                            "recipe and print found vs random (= `nas-zoo-search compare RUN_DIR --config ...`)")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
     p = sub.add_parser("train", help="train an entry (or any timm model) from scratch",
@@ -151,7 +155,16 @@ def run_method_command(name: str, config, out: Optional[str], overrides: List[st
     if ctx.is_main and result.get("status") == "done":
         print(result.get("summary") or f"{name}: {result.get('name')}\n  entry: {result.get('entry')}")
         _figures(run_dir, ctx)
-    return result
+    return {**result, "run_dir": str(run_dir)}
+
+
+def check_train_config(config, overrides: List[str] = ()) -> None:
+    """A training config's errors, before anything trains (e.g. a search's `--compare` recipe)."""
+    from .config import load_config
+    from .data import DataConfig
+    from .train import TRAIN_SCHEMA
+    cfg, _ = load_config(config, TRAIN_SCHEMA, list(overrides))
+    DataConfig.from_dict(cfg["data"], where="data")
 
 
 def run_train_command(model: str, config, out: Optional[str], overrides: List[str]) -> dict:
@@ -188,21 +201,34 @@ def compare_command(run_dir: str, config, out: Optional[str], overrides: List[st
     if not baselines:
         raise ConfigError(str(run_dir), "baselines", "the search wrote no baseline entries (baselines/*.yaml)")
     out_dir = Path(out or run_dir / "compare")
+    import statistics
+
+    import yaml
+
+    from .cost import format_cost
+    costs = {}  # the price each baseline was drawn at (its provenance), for the table
+    for b in baselines:
+        info = (yaml.safe_load(b.read_text()).get("provenance") or {}).get("baseline") or {}
+        if "cost" in info:
+            costs[str(b)] = format_cost(info["cost"], info.get("metric", "macs"))
+            costs[str(found)] = format_cost(info["found_cost"], info.get("metric", "macs"))
     rows = []
     for label, entry in [("found", found)] + [("random", b) for b in baselines]:
         metrics = run_train_command(str(entry), config, str(out_dir / entry.stem if label == "random"
                                                             else out_dir / "found"), list(overrides))
         rows.append({"label": label, "entry": str(entry), "model": metrics["model"], "top1": metrics["val_top1"],
-                     "top1_ema": metrics.get("val_ema_top1")})
+                     "top1_ema": metrics.get("val_ema_top1"), "cost": costs.get(str(entry), "")})
     randoms = [r["top1"] for r in rows if r["label"] == "random"]
-    result = {"found": rows[0], "random": rows[1:], "random_mean_top1": sum(randoms) / len(randoms)}
+    result = {"found": rows[0], "random": rows[1:], "random_mean_top1": statistics.mean(randoms),
+              "random_std_top1": statistics.pstdev(randoms)}
     if DistContext().is_main:
         from nas_zoo.io import atomic_write_text
         atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=1))
-        print(f"\n{'model':<36}{'top-1':>9}")
+        print(f"\n{'model':<40}{'cost':>14}{'top-1':>9}")
         for r in rows:
-            print(f"{r['model'] + ' (' + r['label'] + ')':<36}{r['top1']:>8.1f}%")
-        print(f"{'random mean (n=' + str(len(randoms)) + ')':<36}{result['random_mean_top1']:>8.1f}%")
+            print(f"{r['model'] + ' (' + r['label'] + ')':<40}{r['cost']:>14}{r['top1']:>8.1f}%")
+        print(f"{'random mean (n=' + str(len(randoms)) + ')':<40}{'':>14}{result['random_mean_top1']:>8.1f}% "
+              f"(+- {result['random_std_top1']:.1f})")
         from .plots import have_matplotlib, plot_comparison
         if have_matplotlib():
             runs = {f"{r['model']} ({r['label']})": out_dir / (Path(r["entry"]).stem if r["label"] == "random"
@@ -265,7 +291,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "compare":
             compare_command(args.run_dir, args.config, args.out, args.overrides)
         else:
-            run_method_command(args.command, args.config, args.out, args.overrides)
+            if args.compare:
+                check_train_config(args.compare)
+            result = run_method_command(args.command, args.config, args.out, args.overrides)
+            if args.compare and result.get("status") == "done":
+                compare_command(result["run_dir"], args.compare, None, [])
         return 0
     except NasZooError as e:
         print(f"nas-zoo-search {args.command}: error: {e}", file=sys.stderr)

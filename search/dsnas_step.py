@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ArchParameters", "EarlyFix", "StepResult", "dsnas_step", "flops_table_mmacs", "sample_gates",
-           "max_child"]
+__all__ = ["ArchParameters", "EarlyFix", "StepResult", "dsnas_step", "flops_table_mmacs", "force_gates",
+           "sample_gates", "max_child"]
 
 
 class ArchParameters(nn.Module):
@@ -48,6 +48,17 @@ def sample_gates(log_alpha: torch.Tensor, generator: Optional[torch.Generator] =
     return F.one_hot(idx, probs.shape[-1]).to(log_alpha.dtype)
 
 
+def force_gates(gates: torch.Tensor, choices: Dict[int, int]) -> torch.Tensor:
+    """`gates` with the rows of `choices` ({layer: op}) set to that op's one-hot."""
+    if not choices:
+        return gates
+    gates = gates.clone()
+    for layer, choice in choices.items():
+        gates[layer].zero_()
+        gates[layer, choice] = 1
+    return gates
+
+
 def max_child(log_alpha: torch.Tensor) -> List[int]:
     """gen_max_child: the row-argmax path."""
     return log_alpha.detach().argmax(-1).tolist()
@@ -62,8 +73,9 @@ def flops_table_mmacs(block_macs: np.ndarray) -> torch.Tensor:
 class EarlyFix:
     """Layers fixed by the early-fix rule: {layer: (choice, the log_alpha row stored when it was fixed)}."""
 
-    def __init__(self, threshold: float = 0.3):
+    def __init__(self, threshold: float = 0.3, exempt: Sequence[int] = ()):
         self.threshold = float(threshold)
+        self.exempt = frozenset(int(i) for i in exempt)  # layers the space holds at one op
         self.fixed: Dict[int, tuple] = {}
 
     @torch.no_grad()
@@ -76,19 +88,13 @@ class EarlyFix:
         decided = (top.values[:, 0] - top.values[:, 1]) >= self.threshold
         new = []
         for layer in range(log_alpha.shape[0]):
-            if bool(decided[layer]) and layer not in self.fixed:
+            if bool(decided[layer]) and layer not in self.fixed and layer not in self.exempt:
                 self.fixed[layer] = (int(top.indices[layer, 0]), log_alpha[layer].clone())
                 new.append(layer)
         return new
 
     def force(self, gates: torch.Tensor) -> torch.Tensor:
-        if not self.fixed:
-            return gates
-        gates = gates.clone()
-        for layer, (choice, _) in self.fixed.items():
-            gates[layer].zero_()
-            gates[layer, choice] = 1
-        return gates
+        return force_gates(gates, self.choices())
 
     def choices(self) -> Dict[int, int]:
         return {layer: choice for layer, (choice, _) in sorted(self.fixed.items())}

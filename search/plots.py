@@ -193,14 +193,20 @@ OP_NAMES = ("3x3", "5x5", "7x7", "xception")
 
 def plot_alpha_history(records: List[dict], num_layers: int, out: PathLike) -> Path:
     """DSNAS: softmax(alpha) of every layer per epoch (one panel per layer, one line per op); the epoch a layer
-    was fixed by early fix is marked, and the fixed op drawn thick."""
+    was fixed by early fix is marked, and the fixed op drawn thick; layers the space holds at one op are greyed."""
     plt = _pyplot()
     cols = min(5, num_layers)
     rows = (num_layers + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 1.9 * rows), sharex=True, sharey=True, squeeze=False)
     epochs = [r["epoch"] + 1 for r in records]
+    held = {int(k): v for k, v in (records[0].get("held", {}) if records else {}).items()}
     for layer in range(num_layers):
         ax = axes[layer // cols][layer % cols]
+        if layer in held:  # the space holds this layer at one op: alpha is not learnt there
+            ax.set_title(f"layer {layer} (held: {OP_NAMES[held[layer]]})", fontsize=8, color="0.45")
+            ax.set_facecolor("0.94")
+            ax.set_ylim(0, 1)
+            continue
         fixed_at = next((r["epoch"] + 1 for r in records if str(layer) in r["fixed"] or layer in r["fixed"]), None)
         fixed_op = None
         if fixed_at is not None:
@@ -216,7 +222,9 @@ def plot_alpha_history(records: List[dict], num_layers: int, out: PathLike) -> P
         ax.grid(alpha=0.3)
     for k in range(num_layers, rows * cols):
         axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=6)
+    learnt = [layer for layer in range(num_layers) if layer not in held]
+    if learnt:
+        axes[learnt[0] // cols][learnt[0] % cols].legend(fontsize=6)
     fig.supxlabel("epoch")
     fig.supylabel("softmax(alpha)")
     return _save(fig, Path(out))

@@ -59,6 +59,7 @@ def test_a_sixth_method_runs_resumes_and_writes_a_timm_model(tmp_path):
     result = json.loads((tmp_path / "full" / "compare" / "compare.json").read_text())
     assert [r["model"] for r in result["random"]] == ["toy_found_random0", "toy_found_random1"]
     assert result["random_mean_top1"] == pytest.approx(sum(r["top1"] for r in result["random"]) / 2)
+    assert result["random_std_top1"] == pytest.approx(abs(result["random"][0]["top1"] - result["random"][1]["top1"]) / 2)
     assert "random mean (n=2)" in compared.stdout and "toy_found (found)" in compared.stdout
     baseline = yaml.safe_load((tmp_path / "full" / "baselines" / "random0.yaml").read_text())
     assert baseline["arch"] != entries[0]["arch"] and baseline["provenance"]["baseline"]["of"] == "toy_found"
@@ -69,6 +70,24 @@ def test_a_sixth_method_runs_resumes_and_writes_a_timm_model(tmp_path):
     model = timm.create_model(name, num_classes=2, pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / "full" / "child.safetensors")))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in a.items())
+
+    # the same in one command: `METHOD --compare TRAIN.yaml`
+    both = _cli("toy", "--config", config, "--out", tmp_path / "both", "--compare", train)
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert json.loads((tmp_path / "both" / "compare" / "compare.json").read_text())["random_mean_top1"] == \
+        pytest.approx(result["random_mean_top1"])
+    assert "random mean (n=2)" in both.stdout
+
+
+def test_a_bad_compare_recipe_fails_before_the_search(tmp_path):
+    config = _toy_config(tmp_path)
+    train = write_config({"data": {"kind": "embedded", "image_size": 32}, "train": {"epochs": -1},
+                          "engine": {"device": "cpu"}}, tmp_path / "train.yaml")
+    out = _cli("toy", "--config", config, "--out", tmp_path / "run", "--compare", train)
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "train.yaml" in lines[0] and "train.epochs" in lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_infeasible_budget_fails_in_seconds_before_training(tmp_path):

@@ -20,8 +20,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from nas_zoo.errors import NasZooError
+
 from ..config import ConfigError, Opt
-from ..dsnas_step import ArchParameters, EarlyFix, average_gradients, dsnas_step, flops_table_mmacs, sample_gates
+from ..dsnas_step import (ArchParameters, EarlyFix, average_gradients, dsnas_step, flops_table_mmacs, force_gates,
+                          sample_gates)
 from ..spaces.shufflenet import ShuffleNetSpace
 from ..train import ENGINE_SECTION
 from . import Method
@@ -35,6 +38,7 @@ SPACE_SECTION = {
     "num_features": Opt(int, 1024),
     "bn_eps": Opt(float, 1e-2, help="every BN; the official argparse default (the retrain checkpoints used 1e-5)"),
     "image_size": Opt((int, type(None)), None, help="resolution of the cost tables (None: data.image_size)"),
+    "fixed": Opt(dict, {}, help="{layer: op} layers held at one op (a narrowed space; op index or name)"),
 }
 
 SCHEMA = {
@@ -71,6 +75,8 @@ SCHEMA = {
         "retrain_warmup_epochs": Opt(float, 5.0),
         "reset_bn_stats": Opt(bool, False, help="reset BN running stats at the switch (--reset_bn_stat)"),
         "drop_rate": Opt(float, 0.0, help="dropout before the classifier of the child (README: none)"),
+        "baselines": Opt(int, 3, low=0, help="random architectures of the child's cost written as baselines/*.yaml "
+                                             "for `nas-zoo-search compare` (0: none)"),
     },
     "engine": ENGINE_SECTION,
 }
@@ -81,7 +87,7 @@ def build_space(space_cfg: dict, image_size: int, bn_affine: bool = True, drop_r
     return ShuffleNetSpace(stage_repeats=space_cfg["stage_repeats"], stage_out_channels=space_cfg["stage_out_channels"],
                            stem_size=space_cfg["stem_size"], num_features=space_cfg["num_features"],
                            bn_eps=space_cfg["bn_eps"], bn_affine=bn_affine, drop_rate=drop_rate,
-                           image_size=image_size, num_classes=num_classes)
+                           image_size=image_size, num_classes=num_classes, fixed=space_cfg.get("fixed") or {})
 
 
 def expected_classes(data: dict) -> int:
@@ -109,6 +115,10 @@ def check_space(cfg: dict, source: str) -> None:
         prev = w
     if not 0 < s["bn_eps"] < 1:
         raise ConfigError(source, "space.bn_eps", f"expected a number in (0, 1), got {s['bn_eps']}")
+    try:
+        ShuffleNetSpace.parse_fixed(s["fixed"], sum(s["stage_repeats"]))
+    except NasZooError as e:
+        raise ConfigError(source, f"space.{e.field}", e.problem) from None
 
 
 def check_config(cfg: dict, source: str) -> None:
@@ -140,8 +150,7 @@ def check_config(cfg: dict, source: str) -> None:
     if se["flops_loss"]:
         size = cfg["space"]["image_size"] or (cfg["data"] or {}).get("image_size") or 224
         space = build_space(cfg["space"], int(size))
-        table, _ = space.cost_table("macs")
-        lo, hi = table.min(1).sum() / 1e6, table.max(1).sum() / 1e6
+        lo, hi = (v / 1e6 for v in space.block_cost_range("macs"))
         if se["flops_gate"] > hi:
             raise ConfigError(source, "search.flops_gate",
                               f"{se['flops_gate']} MMACs is above every path's block MMACs ({lo:.3f}-{hi:.3f} at "
@@ -177,12 +186,15 @@ class _Chosen:
         self.arch, self.switch_lr = state["arch"], state["switch_lr"]
 
 
-def chosen_arch(log_alpha: torch.Tensor, early_fix: EarlyFix | None) -> List[int]:
-    """argmax(alpha) per layer, the fixed choice for layers early fix decided."""
+def chosen_arch(log_alpha: torch.Tensor, early_fix: EarlyFix | None, held: Dict[int, int] | None = None) -> List[int]:
+    """argmax(alpha) per layer, the fixed choice for layers early fix decided, the held op where the space holds
+    a layer at one op."""
     arch = log_alpha.detach().argmax(-1).tolist()
     if early_fix is not None:
         for layer, choice in early_fix.choices().items():
             arch[layer] = choice
+    for layer, choice in (held or {}).items():
+        arch[layer] = choice
     return arch
 
 
@@ -193,6 +205,7 @@ def run(job) -> Dict[str, Any]:
 
     from ..data import DataConfig, build_dataset, create_loader
     from ..engine import Loop, Phase, save_checkpoint, seed_everything
+    from ..baseline import write_baselines
     from ..evaluate import evaluate
     from ..export import write_entry
     from nas_zoo.io import atomic_write_text
@@ -231,13 +244,14 @@ def run(job) -> Dict[str, Any]:
     weights_sched = CosineLRScheduler(weights_opt, t_initial=se["epochs"] * steps_per_epoch, lr_min=0.0,
                                       warmup_t=int(se["warmup_epochs"] * steps_per_epoch),
                                       warmup_lr_init=se["warmup_lr"], t_in_epochs=False)
-    early_fix = EarlyFix(se["early_fix_threshold"]) if se["early_fix"] else None
+    early_fix = EarlyFix(se["early_fix_threshold"], exempt=space.fixed) if se["early_fix"] else None
     gate_rng = torch.Generator().manual_seed(seed * 1000 + ctx.rank)  # each rank samples its own path
     history, chosen = _History(), _Chosen()
     logger = job.logger
     stop = se["stop_epoch"]
     total_epochs = stop + ch["epochs"]
     params = list(supernet.parameters())
+    held_rows = list(space.fixed)
 
     def search_step(batch):
         images, target = (t.to(dev) for t in batch)
@@ -245,9 +259,12 @@ def run(job) -> Dict[str, Any]:
         gates = sample_gates(alpha.log_alpha, gate_rng).to(dev)
         if early_fix is not None:
             gates = early_fix.force(gates)
+        gates = force_gates(gates, space.fixed)
         r = dsnas_step(supernet, alpha.log_alpha, images, target, criterion, gates, flops_table=flops_table,
                        flops_coef=se["flops_coef"] if se["flops_loss"] else 0.0, flops_gate=se["flops_gate"],
                        backward=loop.backward)
+        if held_rows:  # alpha is not learnt where the space holds the op
+            alpha.log_alpha.grad[held_rows] = 0
         average_gradients([alpha.log_alpha, *params], ctx.world_size)  # after the reward: a mean of products
         loop.step("weights")
         if loop.epoch >= se["pretrain_epochs"]:
@@ -309,7 +326,7 @@ def run(job) -> Dict[str, Any]:
         if epoch == stop and chosen.arch is None:
             if early_fix is not None:
                 early_fix.epoch_start(alpha.log_alpha.data)  # the fixed rows as stored
-            chosen.arch = chosen_arch(alpha.log_alpha, early_fix)
+            chosen.arch = chosen_arch(alpha.log_alpha, early_fix, space.fixed)
             chosen.switch_lr = float(weights_opt.param_groups[0]["lr"])
             if ctx.is_main:
                 save_checkpoint({"supernet": supernet.state_dict(), "log_alpha": alpha.log_alpha.detach().cpu(),
@@ -325,13 +342,14 @@ def run(job) -> Dict[str, Any]:
     def eval_fn(epoch):
         val = loader(epoch, train=False)
         if epoch < stop:
-            arch = chosen_arch(alpha.log_alpha, early_fix)
+            arch = chosen_arch(alpha.log_alpha, early_fix, space.fixed)
             supernet.eval()
             metrics = evaluate(lambda x: supernet(x, arch), val, ctx)
             supernet.train()
             probs = torch.softmax(alpha.log_alpha.detach().cpu().double(), -1)
             history.records.append({"epoch": epoch, "probs": probs.tolist(), "arch": arch,
-                                    "fixed": early_fix.choices() if early_fix is not None else {}})
+                                    "fixed": early_fix.choices() if early_fix is not None else {},
+                                    "held": space.fixed})
             return {f"max_child_{k}": v for k, v in metrics.items()}
         child = loop.modules["child"]
         child.eval()
@@ -356,13 +374,17 @@ def run(job) -> Dict[str, Any]:
     child = loop.modules["child"]
     final = records[-1] if records else {}
     summary = (f"DSNAS {cfg['name']}: choices {chosen.arch}, {space.cost(chosen.arch) / 1e6:.3f} "
-               f"MMACs at {image_size} px; fixed {len(early_fix.choices()) if early_fix else 0}/{space.num_layers} "
-               f"layers; child top-1 {final.get('child_top1', float('nan')):.2f}")
+               f"MMACs at {image_size} px; early-fixed {len(early_fix.choices()) if early_fix else 0}/"
+               f"{space.num_layers - len(space.fixed)} searched layers"
+               + (f" ({len(space.fixed)} held by the space)" if space.fixed else "")
+               + f"; child top-1 {final.get('child_top1', float('nan')):.2f}")
     # the child's keys pass child_state_dict unchanged (it slices only supernet `layers.*` keys)
     entry = write_entry(job, space, chosen.arch, supernet_state=child.state_dict(),
                         provenance={"method": "dsnas", "supernet": "supernet.pt", "stop_epoch": stop,
                                     "child_epochs": ch["epochs"], "retrain": ch["retrain"],
                                     "fixed_layers": early_fix.choices() if early_fix else {}})
+    if ch["baselines"]:
+        write_baselines(job, space, chosen.arch, n=ch["baselines"], seed=seed)
     if ctx.is_main:
         atomic_write_text(run_dir / "alpha_history.json", json.dumps(history.records))
         _figure(run_dir, history.records, space.num_layers)

@@ -63,6 +63,8 @@ SCHEMA = {
         "recal_batch_size": Opt(int, 128),
         "score_batches": Opt(int, 40, help="held-out batches per candidate"),
         "score_batch_size": Opt(int, 200),
+        "baselines": Opt(int, 3, low=0, help="random architectures of the winner's cost written as baselines/*.yaml "
+                                             "for `nas-zoo-search compare` (0: none)"),
     },
     "engine": ENGINE_SECTION,
 }
@@ -137,6 +139,7 @@ def run(job) -> Dict[str, Any]:
 
     from ..data import DataConfig, build_dataset, create_loader
     from ..engine import Loop, Phase, load_checkpoint, save_checkpoint, seed_everything
+    from ..baseline import write_baselines
     from ..evaluate import evaluate, recalibrate_bn
     from ..export import write_entry
     from nas_zoo.io import atomic_write_text
@@ -237,6 +240,9 @@ def run(job) -> Dict[str, Any]:
     entry = write_entry(job, space, best, supernet_state=supernet.state_dict(),
                         provenance={"method": "spos", "score": best_score, "budget": cfg["search"]["budget"],
                                     "generations": e["generations"]})
+    if e["baselines"]:
+        write_baselines(job, space, best, n=e["baselines"], metric=metric, seed=seed, max_cost=limit,
+                        num_classes=num_classes)
     if ctx.is_main:
         unit = {"macs": ("MMACs", 1e6), "params": ("M params", 1e6)}[metric]
         history = [{**g, "candidates": [{**c, "cost": c["cost"] / unit[1]} for c in g["candidates"]]}

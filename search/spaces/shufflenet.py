@@ -8,12 +8,15 @@ architecture is the list of op indices, one per layer (the family's `choices`). 
 Supernet keys: ``stem.*``, ``layers.<layer>.<op>.<branch>.<unit>.*``, ``final_conv.*``, ``fc.*``; a child's keys
 are the family's ``stages.<stage>.<index>.*`` (see `child_state_dict`). `official_key` maps the official supernet's
 state-dict keys (``features.<layer>.<op>.branch_main.<k>.*`` ...) onto these.
+
+`fixed` ({layer: op}) narrows the space: those layers hold one op in every path (sampling, mutation, cost range,
+the checks); the supernet still builds all four blocks there, so its keys are the same.
 """
 from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -97,7 +100,8 @@ class ShuffleNetSpace(Space):
     def __init__(self, stage_repeats: Sequence[int] = PAPER["stage_repeats"],
                  stage_out_channels: Sequence[int] = PAPER["stage_out_channels"], stem_size: int = 16,
                  num_features: int = 1024, bn_eps: float = 1e-2, bn_affine: bool = True, drop_rate: float = 0.0,
-                 image_size: int = 224, num_classes: int = 1000):
+                 image_size: int = 224, num_classes: int = 1000,
+                 fixed: Optional[Mapping[int, Union[int, str]]] = None):
         self.num_classes = int(num_classes)  # the classifier's part of `cost`
         self.stage_repeats = tuple(int(r) for r in stage_repeats)
         self.stage_out_channels = tuple(int(c) for c in stage_out_channels)
@@ -109,7 +113,35 @@ class ShuffleNetSpace(Space):
         self.image_size = int(image_size)
         self.specs = layer_specs(self.stage_repeats, self.stage_out_channels, self.stem_size)
         self.num_layers = len(self.specs)
+        self.fixed = self.parse_fixed(fixed or {}, self.num_layers)
         self._tables: Dict[Tuple[str, int], Tuple[np.ndarray, float]] = {}
+
+    @staticmethod
+    def parse_fixed(fixed: Mapping, num_layers: int, source: str = "space", key: str = "fixed") -> Dict[int, int]:
+        """{layer: op index}; an op may be given by its name (`OPS`)."""
+        if not isinstance(fixed, Mapping):
+            raise SpaceError(source, key, f"expected a mapping layer -> op, got {type(fixed).__name__}")
+        out = {}
+        for layer, op in fixed.items():
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
+                raise SpaceError(source, f"{key}.{layer}", f"expected a layer index in 0..{num_layers - 1}")
+            if isinstance(op, str) and op in OPS:
+                op = OPS.index(op)
+            if isinstance(op, bool) or not isinstance(op, int) or not 0 <= op < NUM_OPS:
+                raise SpaceError(source, f"{key}.{layer}", f"expected an op index in 0..{NUM_OPS - 1} or one of "
+                                                           f"{', '.join(OPS)}, got {op!r}")
+            out[layer] = op
+        return dict(sorted(out.items()))
+
+    @property
+    def reduction_layers(self) -> List[int]:
+        """The stride-2 layers (the first of each stage)."""
+        return [i for i, spec in enumerate(self.specs) if spec[4] == 2]
+
+    def _hold_fixed(self, arch: List[int]) -> List[int]:
+        for layer, op in self.fixed.items():
+            arch[layer] = op
+        return arch
 
     # ---------------------------------------------------------------------------------- modules
     def supernet(self, num_classes: int) -> ShuffleNetSupernet:
@@ -155,13 +187,17 @@ class ShuffleNetSpace(Space):
             if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= int(c) < NUM_OPS:
                 raise SpaceError(source, f"[{i}]", f"expected an op index in 0..{NUM_OPS - 1} "
                                                    f"({', '.join(f'{k}={n}' for k, n in enumerate(OPS))}), got {c!r}")
+        for layer, op in self.fixed.items():
+            if int(arch[layer]) != op:
+                raise SpaceError(source, f"[{layer}]", f"layer {layer} is fixed at op {op} ({OPS[op]}) in this space, "
+                                                       f"got {arch[layer]}")
 
     def sample(self, rng: np.random.RandomState) -> List[int]:
-        return [int(c) for c in rng.randint(NUM_OPS, size=self.num_layers)]
+        return self._hold_fixed([int(c) for c in rng.randint(NUM_OPS, size=self.num_layers)])
 
     def mutate(self, arch: Sequence[int], rng: np.random.RandomState, prob: float) -> List[int]:
         """Each gene is redrawn uniformly over all ops with probability `prob` (official SPOS search.py)."""
-        return [int(rng.randint(NUM_OPS)) if rng.random_sample() < prob else int(c) for c in arch]
+        return self._hold_fixed([int(rng.randint(NUM_OPS)) if rng.random_sample() < prob else int(c) for c in arch])
 
     def crossover(self, a: Sequence[int], b: Sequence[int], rng: np.random.RandomState) -> List[int]:
         return [int(x if rng.randint(2) == 0 else y) for x, y in zip(a, b)]
@@ -214,11 +250,20 @@ class ShuffleNetSpace(Space):
         table, _ = self.cost_table(metric, image_size)
         return float(table[np.arange(self.num_layers), list(arch)].sum())
 
+    def block_cost_range(self, metric: str = "macs", image_size: Optional[int] = None) -> Tuple[float, float]:
+        """The range of `block_cost` over the paths of the space (held layers at their op)."""
+        table, _ = self.cost_table(metric, image_size)
+        lo, hi = table.min(1), table.max(1)
+        for layer, op in self.fixed.items():
+            lo[layer] = hi[layer] = table[layer, op]
+        return float(lo.sum()), float(hi.sum())
+
     def cost_range(self, metric: str = "macs", image_size: Optional[int] = None,
                    num_classes: Optional[int] = None) -> Tuple[float, float]:
-        table, fixed = self.cost_table(metric, image_size)
+        _, fixed = self.cost_table(metric, image_size)
         base = fixed + self.num_features * (self.num_classes if num_classes is None else num_classes)
-        return float(base + table.min(1).sum()), float(base + table.max(1).sum())
+        lo, hi = self.block_cost_range(metric, image_size)
+        return float(base + lo), float(base + hi)
 
 
 register_space("shufflenet", ShuffleNetSpace)
