@@ -19,8 +19,9 @@ import argparse
 import os
 import statistics
 import tempfile
-import threading
 import time
+
+from _rss import PeakRSS
 
 # official supernet (hidden, stride, layers), teacher (B7) widths and the input resolution of each stage at 224 px
 STAGES = [(24, 2, 2), (40, 2, 4), (80, 2, 4), (112, 1, 4), (192, 2, 4), (320, 1, 1)]
@@ -55,34 +56,6 @@ def plain_stage(stage: int):
     chans = [TEACHER[stage]] + [hidden] * (layers - 1) + [TEACHER[stage + 1]]
     return nn.ModuleList(nn.ModuleList(MBConv(chans[i], chans[i + 1], k, stride if i == 0 else 1, e) for e, k in OPS)
                          for i in range(layers))
-
-
-class PeakRSS:
-    """Peak resident-set growth (MiB) during a `with` block, sampled every millisecond from /proc/self/statm."""
-
-    def __enter__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _watch(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-        self.mib = (self.peak - self.base) / 2 ** 20
-        return False
 
 
 def build(stage: int, batch: int, steps: int, device: str):
