@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--compare", metavar="TRAIN_CONFIG",
                        help="when the search is done, train its entry and its same-cost random baselines with this "
                             "recipe and print found vs random (= `nas-zoo-search compare RUN_DIR --config ...`)")
+        for flag, (override, help_) in method.flags.items():
+            p.add_argument(flag, dest=_flag_dest(flag), action="store_const", const=override,
+                           help=f"{help_} (= {override})")
         p.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides (YAML values)")
 
     p = sub.add_parser("train", help="train an entry (or any timm model) from scratch",
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "matplotlib is installed.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     return parser
+
+
+def _flag_dest(flag: str) -> str:
+    return "flag_" + flag.lstrip("-").replace("-", "_")
 
 
 def _figures(run_dir: Path, ctx) -> None:
@@ -291,6 +298,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif args.command == "compare":
             compare_command(args.run_dir, args.config, args.out, args.overrides)
         else:
+            from .methods import get_method
+            flags = [getattr(args, _flag_dest(f)) for f in get_method(args.command).flags]
+            args.overrides = [o for o in flags if o] + list(args.overrides)  # an explicit key=value wins
             if args.compare:
                 check_train_config(args.compare)
             result = run_method_command(args.command, args.config, args.out, args.overrides)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
 import nas_zoo
@@ -51,7 +52,8 @@ def test_child_inherits_the_supernet_path_and_retrain_does_not(tmp_path):
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
-    retrain = run(tmp_path, "retrain", "child.epochs=1", "child.retrain=true")
+    retrain = run(tmp_path, "retrain", "child.epochs=1", "--retrain")
+    assert yaml.safe_load((retrain / "resolved.yaml").read_text())["child"]["retrain"] is True
     _, sliced = slice_of_supernet(retrain)
     fresh = load_file(retrain / "child.safetensors")
     assert not fresh["stem.conv.weight"].equal(sliced["stem.conv.weight"])

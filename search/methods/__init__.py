@@ -12,6 +12,7 @@ space is new, one file in `spaces/`.
         run=run,              # run(job) -> {"status": "done", "entry": path, "name": ..., "summary": "..."}
         commands={},          # extra subcommands: {"select": main(argv) -> int} is `nas-zoo-search dna select`
         plot=None,            # plot(run_dir) -> path of the run's figure (`nas-zoo-search plot`, end of a run)
+        flags={},             # shorthand switches: {"--retrain": ("child.retrain=true", "help")} (an override)
     )
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 __all__ = ["Method", "Job", "methods", "get_method"]
 
@@ -36,6 +37,7 @@ class Method:
     description: str = ""
     commands: Mapping[str, Callable[[list], int]] = field(default_factory=dict)
     plot: Optional[Callable[[Path], Any]] = None   # plot(run_dir) -> the figure of a finished run (matplotlib)
+    flags: Mapping[str, Tuple[str, str]] = field(default_factory=dict)  # --flag -> (override, help)
 
 
 @dataclass

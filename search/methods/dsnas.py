@@ -412,4 +412,6 @@ def _plot(run_dir):
 
 
 METHOD = Method(name="dsnas", help="DSNAS: search and train the chosen child in one run (ShuffleNetV2 space)",
-                schema=SCHEMA, check=check_config, run=run, plot=_plot)
+                schema=SCHEMA, check=check_config, run=run, plot=_plot,
+                flags={"--retrain": ("child.retrain=true", "train the chosen child from scratch, not from the "
+                                                           "supernet's weights (official --retrain)")})
