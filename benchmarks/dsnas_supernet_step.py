@@ -6,7 +6,8 @@ non-affine-BN supernet, label-smoothed CE, backward, SGD. The plain variant writ
 (`DSNAS/blocks.py` Sequential layout, `channel_shuffle` by reshape/permute) and the official in-forward backward by
 hand. Both run the same paths, shapes and batches, interleaved ABAB in one process after a warm-up; the medians of
 the per-step times are compared. Peak memory: CUDA max allocated (in the same process); on CPU the peak RSS growth
-over the timed steps of each variant alone in a fresh process (ABAB, median), as CPU has no allocator statistics.
+over all steps of each variant alone in a fresh process, above its built model and inputs (ABAB, median), as CPU
+has no allocator statistics.
 Times are printed, never asserted.
 
     python benchmarks/dsnas_supernet_step.py                     # paper space, 128 px, batch 8, CPU
@@ -191,14 +192,12 @@ def main() -> int:
     p.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)  # the child process of memory_of
     args = p.parse_args()
 
-    if args.memory_of:  # one variant: warm up (every op, the optimizer state), then the peak over the timed steps
+    if args.memory_of:  # one variant alone: the peak over all its steps above the built model and inputs
         import json
         from _rss import PeakRSS
         step = build(args, (args.memory_of,))[args.memory_of]
-        for i in range(args.warmup):
-            step(i)
-        with PeakRSS() as rss:
-            for i in range(args.warmup, args.warmup + args.steps):
+        with PeakRSS() as rss:  # activations, gradients and optimizer state (the steady-state growth is noise)
+            for i in range(args.warmup + args.steps):
                 step(i)
         print(json.dumps({"peak_mib": rss.mib}))
         return 0
