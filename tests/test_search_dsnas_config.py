@@ -38,6 +38,7 @@ def test_dsnas_bad_values_name_the_key(override, key, problem):
     ("data.val_fraction=null", "data.val_fraction", "held-out"),
     ("supernet.bins=[[5.0,6.0]]", "supernet.bins.0", "holds no path"),
     ("search.mutations=20", "search.mutations", "exceed the population"),
+    ("space.kind=mbconv", "space.fixed", "takes its own space.options"),  # the demo holds shufflenet layers
 ])
 def test_spos_bad_values_name_the_key(override, key, problem):
     cfg, source = load_config(CONFIGS / "spos_demo.yaml", spos.SCHEMA, [override])

@@ -96,6 +96,9 @@ def _metric_and_limit(budget):
 def check_config(cfg: dict, source: str) -> None:
     if cfg["space"]["kind"] == "shufflenet":
         check_space(cfg, source)
+    elif cfg["space"]["fixed"]:
+        raise ConfigError(source, "space.fixed", f"holds layers of the shufflenet space; the {cfg['space']['kind']!r} "
+                                                 f"space takes its own space.options")
     s, e = cfg["supernet"], cfg["search"]
     for key in ("batch_size", "iterations"):
         if s[key] < 1:
