@@ -169,7 +169,7 @@ def build(args, variants=VARIANTS):
 
 
 def memory_of(variant, args) -> float:
-    """CPU: peak RSS growth (MiB) over the timed steps of `variant` alone, in a fresh process, so that the other
+    """CPU: peak RSS growth (MiB) over all steps of `variant` alone, in a fresh process, so that the other
     variant's tensors and the allocator's cache do not blur it."""
     import json
     import subprocess

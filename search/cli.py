@@ -131,16 +131,22 @@ class RunDirError(NasZooError):
     pass
 
 
-def prepare(method, config, overrides: List[str]):
-    """Load and check a method's config: every check that needs no training, before any process group starts."""
+def prepare(schema, config, overrides: List[str] = (), check=None):
+    """Load and check a config (a method's or a training recipe): every check that needs no training, before any
+    process group starts. Returns (cfg, source)."""
     from .config import load_config
     from .data import DataConfig
-    cfg, source = load_config(config, method.schema, overrides)
+    cfg, source = load_config(config, schema, list(overrides))
     if "data" in cfg:
         DataConfig.from_dict(cfg["data"], where="data")  # data errors before anything starts
-    if method.check is not None:
-        method.check(cfg, source)
+    if check is not None:
+        check(cfg, source)
     return cfg, source
+
+
+def load_train_config(config, overrides: List[str] = ()):
+    from .train import TRAIN_SCHEMA
+    return prepare(TRAIN_SCHEMA, config, overrides)
 
 
 def run_method_command(name: str, config, out: Optional[str], overrides: List[str]) -> dict:
@@ -148,7 +154,7 @@ def run_method_command(name: str, config, out: Optional[str], overrides: List[st
     from .methods import Job, get_method
 
     method = get_method(name)
-    cfg, source = prepare(method, config, overrides)
+    cfg, source = prepare(method.schema, config, overrides, method.check)
     ctx = setup_distributed(cfg.get("engine", {}).get("device", "auto"))
     _threads(cfg)
     run_dir = Path(out or Path("runs") / cfg["name"])
@@ -165,23 +171,11 @@ def run_method_command(name: str, config, out: Optional[str], overrides: List[st
     return {**result, "run_dir": str(run_dir)}
 
 
-def check_train_config(config, overrides: List[str] = ()) -> None:
-    """A training config's errors, before anything trains (e.g. a search's `--compare` recipe)."""
-    from .config import load_config
-    from .data import DataConfig
-    from .train import TRAIN_SCHEMA
-    cfg, _ = load_config(config, TRAIN_SCHEMA, list(overrides))
-    DataConfig.from_dict(cfg["data"], where="data")
-
-
 def run_train_command(model: str, config, out: Optional[str], overrides: List[str]) -> dict:
-    from .config import load_config
-    from .data import DataConfig
     from .engine import setup_distributed
-    from .train import TRAIN_SCHEMA, run_training
+    from .train import run_training
 
-    cfg, source = load_config(config, TRAIN_SCHEMA, overrides)
-    DataConfig.from_dict(cfg["data"], where="data")
+    cfg, _ = load_train_config(config, overrides)
     ctx = setup_distributed(cfg["engine"]["device"])
     _threads(cfg)
     default_name = Path(model).parent.name if model.endswith((".yaml", ".yml")) else Path(model).name
@@ -213,12 +207,13 @@ def compare_command(run_dir: str, config, out: Optional[str], overrides: List[st
     import yaml
 
     from .cost import format_cost
-    costs = {}  # the price each baseline was drawn at (its provenance), for the table
+    costs = {}  # the price each baseline was drawn at and the found one's (their provenance), for the table
     for b in baselines:
         info = (yaml.safe_load(b.read_text()).get("provenance") or {}).get("baseline") or {}
         if "cost" in info:
-            costs[str(b)] = format_cost(info["cost"], info.get("metric", "macs"))
-            costs[str(found)] = format_cost(info["found_cost"], info.get("metric", "macs"))
+            metric = info.get("metric", "macs")
+            costs[str(b)] = format_cost(info["cost"], metric)
+            costs.setdefault(str(found), format_cost(info["found_cost"], metric))
     rows = []
     for label, entry in [("found", found)] + [("random", b) for b in baselines]:
         metrics = run_train_command(str(entry), config, str(out_dir / entry.stem if label == "random"
@@ -302,7 +297,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             flags = [getattr(args, _flag_dest(f)) for f in get_method(args.command).flags]
             args.overrides = [o for o in flags if o] + list(args.overrides)  # an explicit key=value wins
             if args.compare:
-                check_train_config(args.compare)
+                load_train_config(args.compare)  # its errors before the search, not after it
             result = run_method_command(args.command, args.config, args.out, args.overrides)
             if args.compare and result.get("status") == "done":
                 compare_command(result["run_dir"], args.compare, None, [])

@@ -36,8 +36,7 @@ def val_top1_of_entry(run_dir):
     name = nas_zoo.register_entry(run_dir / "entry.yaml", replace=True)
     model = timm.create_model(name, pretrained=True, num_classes=4,
                               pretrained_cfg_overlay=dict(file=str(run_dir / "child.safetensors"))).eval()
-    data = DataConfig.from_dict({**cfg["data"], "val_fraction": None} if "val_fraction" in cfg["data"]
-                                else cfg["data"], where="data")
+    data = DataConfig.from_dict({**cfg["data"], "val_fraction": None}, where="data")  # the real val split
     val = build_dataset(data, "val")
     loader = create_loader(val, data, 250, train=False)
     correct = total = 0

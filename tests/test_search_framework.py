@@ -59,7 +59,8 @@ def test_a_sixth_method_runs_resumes_and_writes_a_timm_model(tmp_path):
     result = json.loads((tmp_path / "full" / "compare" / "compare.json").read_text())
     assert [r["model"] for r in result["random"]] == ["toy_found_random0", "toy_found_random1"]
     assert result["random_mean_top1"] == pytest.approx(sum(r["top1"] for r in result["random"]) / 2)
-    assert result["random_std_top1"] == pytest.approx(abs(result["random"][0]["top1"] - result["random"][1]["top1"]) / 2)
+    first, second = (r["top1"] for r in result["random"])
+    assert result["random_std_top1"] == pytest.approx(abs(first - second) / 2)
     assert "random mean (n=2)" in compared.stdout and "toy_found (found)" in compared.stdout
     baseline = yaml.safe_load((tmp_path / "full" / "baselines" / "random0.yaml").read_text())
     assert baseline["arch"] != entries[0]["arch"] and baseline["provenance"]["baseline"]["of"] == "toy_found"
