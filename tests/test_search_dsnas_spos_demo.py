@@ -33,7 +33,9 @@ def run_demo(tmp_path, method):
 def val_top1_of_entry(run_dir):
     """The exported entry, built by timm with child.safetensors, on the run's val split."""
     cfg = yaml.safe_load((run_dir / "resolved.yaml").read_text())
-    name = nas_zoo.register_entry(run_dir / "entry.yaml", replace=True)
+    entry = yaml.safe_load((run_dir / "entry.yaml").read_text())
+    # a name of this test's own: the registry is process-wide and other tests register the demo's name
+    name = nas_zoo.register_entry({**entry, "name": f"{entry['name']}_demo_test"}, replace=True)
     model = timm.create_model(name, pretrained=True, num_classes=4,
                               pretrained_cfg_overlay=dict(file=str(run_dir / "child.safetensors"))).eval()
     data = DataConfig.from_dict({**cfg["data"], "val_fraction": None}, where="data")  # the real val split
